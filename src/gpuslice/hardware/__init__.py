@@ -1,0 +1,1 @@
+"""What GPUs exist: the model catalog, NVML access and the inventory built from either."""

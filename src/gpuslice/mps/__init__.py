@@ -1,0 +1,1 @@
+"""CUDA MPS on a node: the control daemon's lifecycle and each slice's client environment."""

@@ -1,0 +1,165 @@
+"""The v1 plan format as a strict pydantic schema, and the frozen :class:`Plan` it yields.
+
+The schema checks what can be checked without hardware (names, ranges, sizes, one kind per
+pool, unknown keys); :func:`gpuslice.plan.resolve.resolve` checks the rest against the GPUs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from gpuslice.sizes import parse_size_mib
+
+SUPPORTED_VERSIONS = (1,)
+POOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+
+
+def _size(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        try:
+            return parse_size_mib(value)
+        except ValueError as err:
+            raise ValueError(str(err)) from err
+    raise ValueError(f"{value!r} is not a memory size; write e.g. 10GiB or 512MiB")
+
+
+MemoryMiB = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+GpuRef = int | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class MpsSpec(_Strict):
+    """MPS client limits: ``compute`` % of SMs and a ``memory`` cap; both optional."""
+
+    compute: int | None = Field(default=None, ge=1, le=100)
+    memory: MemoryMiB | None = None
+
+    @field_validator("compute", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return value.strip()[:-1]
+        return value
+
+
+class ShareSpec(_Strict):
+    """Plain time-sharing: no limits (Parsl's own oversubscription)."""
+
+
+class MigSpec(_Strict):
+    """MIG instances of one profile, optionally with MPS clients inside each instance."""
+
+    profile: str
+    count: int | None = Field(default=None, ge=1)
+    mps: MpsSpec | None = None
+    per_instance: int = Field(default=1, ge=1)
+
+    @field_validator("profile")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _per_instance_needs_mps(self) -> MigSpec:
+        if self.per_instance > 1 and self.mps is None:
+            raise ValueError(
+                "per_instance above 1 shares a MIG instance between workers; add `mps: {}` "
+                "(MPS inside the instance) or keep per_instance: 1"
+            )
+        return self
+
+
+def _mig(value: Any) -> Any:
+    return {"profile": value} if isinstance(value, str) else value
+
+
+class PoolSpec(_Strict):
+    """One pool of identical slices; becomes one Parsl executor."""
+
+    mps: MpsSpec | None = None
+    mig: Annotated[MigSpec | None, BeforeValidator(_mig)] = None
+    share: ShareSpec | None = None
+    per_gpu: int | None = Field(default=None, ge=1)
+    gpus: Literal["all"] | list[GpuRef] | None = None
+    oversubscribe: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PoolSpec:
+        kinds = [k for k in ("mps", "mig", "share") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"a pool needs exactly one of mps, mig or share (found {found}); "
+                "e.g. `mps: {compute: 25, memory: 10GiB}`, `mig: 1g.10gb` or `share: {}`"
+            )
+        if self.mig is not None and self.per_gpu is not None:
+            raise ValueError(
+                "per_gpu does not apply to a mig pool; use mig.count (instances per GPU) "
+                "and mig.per_instance (workers per instance, with mps)"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["mps", "mig", "share"]:
+        """``mps``, ``mig`` or ``share``."""
+        if self.mps is not None:
+            return "mps"
+        if self.mig is not None:
+            return "mig"
+        return "share"
+
+    @property
+    def workers_per_gpu(self) -> int:
+        """Workers (slices) this pool puts on each of its GPUs (mps/share pools)."""
+        return self.per_gpu if self.per_gpu is not None else 1
+
+
+class Plan(_Strict):
+    """A partition plan, format version 1 (see DESIGN.md, "Plan format, v1").
+
+    Attributes:
+        version: format version; only 1 exists.
+        gpus: ``all`` or a list of GPU indices / UUIDs the plan may use.
+        pools: pool name -> :class:`PoolSpec`, in file order.
+        oversubscribe: allow MPS compute percentages on one GPU to sum above 100.
+        mps_dir: root of the per-device MPS pipe and log directories (default: private tmp dir).
+    """
+
+    version: int
+    gpus: Literal["all"] | list[GpuRef] = "all"
+    pools: dict[str, PoolSpec] = Field(min_length=1)
+    oversubscribe: bool = False
+    mps_dir: str | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if value not in SUPPORTED_VERSIONS or isinstance(value, bool):
+            raise ValueError(
+                f"unsupported plan version {value!r}; this gpuslice reads version 1 "
+                "(write `version: 1`)"
+            )
+        return value
+
+    @field_validator("pools", mode="after")
+    @classmethod
+    def _names(cls, pools: dict[str, PoolSpec]) -> dict[str, PoolSpec]:
+        bad = [str(name) for name in pools if not POOL_NAME.match(str(name))]
+        if bad:
+            raise ValueError(
+                f"invalid pool name{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}: "
+                "start with a letter, then letters, digits, '_' or '-', at most 40 characters "
+                "(a pool name becomes a Parsl executor label)"
+            )
+        return pools
+
+    def __hash__(self) -> int:  # pools is a dict, so the generated hash would fail
+        return hash(self.model_dump_json())
