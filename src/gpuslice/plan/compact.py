@@ -65,6 +65,7 @@ def parse_compact(text: str) -> dict[str, Any]:
     """
     problems: list[Problem] = []
     pools: dict[str, Any] = {}
+    seen: set[str] = set()
     for position, raw in enumerate(part for part in text.split(",") if part.strip()):
         match = _ENTRY.match(raw)
         if match is None:
@@ -78,7 +79,9 @@ def parse_compact(text: str) -> dict[str, Any]:
             continue
         name, kind = match.group("name"), match.group("kind").lower()
         where = f"pools.{name}"
-        if name in pools:
+        seen_before = name in seen
+        seen.add(name)
+        if seen_before:
             problems.append(
                 Problem(where, f"pool {name!r} is defined twice", "give each pool its own name")
             )

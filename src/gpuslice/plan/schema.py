@@ -91,6 +91,14 @@ class PoolSpec(_Strict):
     gpus: Literal["all"] | list[GpuRef] | None = None
     oversubscribe: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_per_gpu(cls, data: Any) -> Any:
+        # One worker per GPU unless told otherwise; kept explicit so equal plans compare equal.
+        if isinstance(data, dict) and data.get("mig") is None and "per_gpu" not in data:
+            return {**data, "per_gpu": 1}
+        return data
+
     @model_validator(mode="after")
     def _one_kind(self) -> PoolSpec:
         kinds = [k for k in ("mps", "mig", "share") if getattr(self, k) is not None]

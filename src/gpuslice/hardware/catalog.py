@@ -1,0 +1,485 @@
+"""GPU models gpuslice knows: SM counts, memory, MPS/MIG support and MIG profile tables.
+
+Every number here is taken from NVIDIA's documentation; the source of each table is cited
+beside it. Tests in ``tests/hardware/test_catalog.py`` check the tables against those values.
+
+Sources:
+    [MIG-PROFILES] https://docs.nvidia.com/datacenter/tesla/mig-user-guide/supported-mig-profiles.html
+        (profile names, fractions of memory/SMs, number of instances, ``+me`` rules).
+    [MIG-GPUS] https://docs.nvidia.com/datacenter/tesla/mig-user-guide/supported-gpus.html
+    [LGIP] ``nvidia-smi mig -lgip`` / ``-lgipp`` output (usable GiB, SMs per instance and
+        placements) as printed in the MIG user guide's "Getting Started" chapter for the
+        A100-40GB, and as published by operators of real machines for the other models.
+    [GO-NVML] NVIDIA/go-nvml ``pkg/nvml/mock/shared/gpus/a100.go`` (MemorySizeMB of each
+        A100 profile, product names such as ``NVIDIA A100-PCIE-40GB``).
+    [MPS] https://docs.nvidia.com/deploy/mps/ — 48 client contexts per device on Volta and
+        later. Newer MPS pages are reported to allow 60 from CUDA 13.1; that was NOT confirmed
+        here, so gpuslice keeps the documented 48 (the safe lower bound).
+
+Usable memory of a MIG profile differs by a few hundred MiB between driver releases (e.g. the
+H100 ``1g.10gb`` prints 9.62 GiB on one driver and 9.75 GiB on another). The tables keep the
+LOWEST value seen in published ``-lgip`` output, so a memory cap that fits here fits on every
+driver. Values marked ``UNCONFIRMED`` are documented nominal sizes or estimates.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """One GPU-instance profile of a MIG-capable GPU (a row of ``nvidia-smi mig -lgip``).
+
+    Attributes:
+        name: profile name as NVIDIA prints it, e.g. ``1g.10gb`` or ``1g.10gb+me``.
+        compute_slices: number of compute slices (the ``Ng`` in the name), out of 7 (4 on A30).
+        memory_slices: number of memory slices the profile occupies, out of 8 (4 on A30).
+        memory_mib: memory usable by CUDA inside the instance (below the name's nominal size).
+        max_instances: how many instances of this profile alone fit on one GPU.
+        placements: allowed start positions in memory slices (``nvidia-smi mig -lgipp``).
+        sm_count: streaming multiprocessors of one instance.
+        media_extensions: True for ``+me`` profiles (NVDEC/NVJPG/OFA attached).
+    """
+
+    name: str
+    compute_slices: int
+    memory_slices: int
+    memory_mib: int
+    max_instances: int
+    placements: tuple[int, ...]
+    sm_count: int
+    media_extensions: bool = False
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    """A GPU model as gpuslice plans for it.
+
+    Attributes:
+        name: gpuslice's name for the model, e.g. ``H100-80GB`` (used in fleet files).
+        nvml_names: product names NVML reports for it (``nvmlDeviceGetName``), used to
+            recognise real GPUs.
+        architecture: ``Volta``, ``Ampere``, ``Ada``, ``Hopper``.
+        sm_count: streaming multiprocessors of the whole GPU.
+        memory_mib: total device memory as NVML reports it.
+        mps: whether CUDA MPS (with per-client limits, Volta+) is supported.
+        mig: whether MIG is supported.
+        max_mps_clients: client CUDA contexts one MPS server accepts per device.
+        memory_slices: memory slices of the MIG geometry (8, or 4 on A30); 0 without MIG.
+        compute_slices: compute slices of the MIG geometry (7, or 4 on A30); 0 without MIG.
+        mig_profiles: MIG GPU-instance profiles, empty without MIG.
+    """
+
+    name: str
+    nvml_names: tuple[str, ...]
+    architecture: str
+    sm_count: int
+    memory_mib: int
+    mps: bool
+    mig: bool
+    max_mps_clients: int
+    memory_slices: int = 0
+    compute_slices: int = 0
+    mig_profiles: tuple[MigProfile, ...] = ()
+
+    def profile(self, name: str) -> MigProfile | None:
+        """The MIG profile called ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        for profile in self.mig_profiles:
+            if profile.name == wanted:
+                return profile
+        return None
+
+
+# Volta and later: 48 client contexts per device [MPS]. (60 from CUDA 13.1: unconfirmed.)
+MPS_MAX_CLIENTS = 48
+
+_ONE_SLICE_STARTS = (0, 1, 2, 3, 4, 5, 6)
+
+
+def _p(
+    name: str,
+    compute: int,
+    memory: int,
+    mib: int,
+    max_instances: int,
+    starts: tuple[int, ...],
+    sms: int,
+) -> MigProfile:
+    return MigProfile(
+        name=name,
+        compute_slices=compute,
+        memory_slices=memory,
+        memory_mib=mib,
+        max_instances=max_instances,
+        placements=starts,
+        sm_count=sms,
+        media_extensions=name.endswith("+me"),
+    )
+
+
+# A100-SXM4-40GB / A100-PCIE-40GB.
+# Names and instance counts: [MIG-PROFILES]. Usable MiB, SMs and placements: the MIG user
+# guide's own `nvidia-smi mig -lgip` / `-lgipp` example (4.75 / 9.62 / 19.50 / 39.25 GiB;
+# placements {0..6}:1, {0,2,4,6}:2, {0,2,4}:2, {0,4}:4, {0}:4, {0}:8), which [GO-NVML]
+# repeats as MemorySizeMB 4864 / 9856 / 19968 / 40192.
+_A100_40GB_PROFILES = (
+    _p("1g.5gb", 1, 1, 4864, 7, _ONE_SLICE_STARTS, 14),
+    _p("1g.5gb+me", 1, 1, 4864, 1, _ONE_SLICE_STARTS, 14),
+    _p("1g.10gb", 1, 2, 9856, 4, (0, 2, 4, 6), 14),
+    _p("2g.10gb", 2, 2, 9856, 3, (0, 2, 4), 28),
+    _p("3g.20gb", 3, 4, 19968, 2, (0, 4), 42),
+    _p("4g.20gb", 4, 4, 19968, 1, (0,), 56),
+    _p("7g.40gb", 7, 8, 40192, 1, (0,), 98),
+)
+
+# A100-SXM4-80GB / A100 80GB PCIe: same geometry, names scaled per [MIG-PROFILES]
+# ("1g.10gb, 1g.10gb+me, 1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb, 7g.80gb").
+# Usable MiB: lowest published -lgip values 9.50 / 19.50 / 39.25 / 78.50 GiB ([GO-NVML]
+# has 9856 for 1g.10gb and 80384 for 7g.80gb; other drivers print 9.75 GiB for 1g.10gb).
+_A100_80GB_PROFILES = (
+    _p("1g.10gb", 1, 1, 9728, 7, _ONE_SLICE_STARTS, 14),
+    _p("1g.10gb+me", 1, 1, 9728, 1, _ONE_SLICE_STARTS, 14),
+    _p("1g.20gb", 1, 2, 19968, 4, (0, 2, 4, 6), 14),
+    _p("2g.20gb", 2, 2, 19968, 3, (0, 2, 4), 28),
+    _p("3g.40gb", 3, 4, 40192, 2, (0, 4), 42),
+    _p("4g.40gb", 4, 4, 40192, 1, (0,), 56),
+    _p("7g.80gb", 7, 8, 80384, 1, (0,), 98),
+)
+
+# H100 SXM5 80GB (132 SMs). Names/counts: [MIG-PROFILES]. SMs 16/16/26/32/60/64/132 and
+# usable GiB from published -lgip output on H100 80GB HBM3 (9.62-9.75 / 19.50-19.62 /
+# 39.25-39.50 / 79.25 GiB; lowest kept). Placements as on A100 (same 7+8 slice geometry).
+_H100_80GB_PROFILES = (
+    _p("1g.10gb", 1, 1, 9856, 7, _ONE_SLICE_STARTS, 16),
+    _p("1g.10gb+me", 1, 1, 9856, 1, _ONE_SLICE_STARTS, 16),
+    _p("1g.20gb", 1, 2, 19968, 4, (0, 2, 4, 6), 26),
+    _p("2g.20gb", 2, 2, 19968, 3, (0, 2, 4), 32),
+    _p("3g.40gb", 3, 4, 40192, 2, (0, 4), 60),
+    _p("4g.40gb", 4, 4, 40192, 1, (0,), 64),
+    _p("7g.80gb", 7, 8, 81152, 1, (0,), 132),
+)
+
+# H100 PCIe 80GB (114 SMs). Names, counts and memory as the SXM5 part ([MIG-GPUS] lists both
+# with 7 instances). SMs per instance UNCONFIRMED: no published -lgip output was found; the
+# values assume 16 SMs per compute slice and 114 for the whole-GPU 7g profile.
+_H100_PCIE_80GB_PROFILES = (
+    _p("1g.10gb", 1, 1, 9856, 7, _ONE_SLICE_STARTS, 16),
+    _p("1g.10gb+me", 1, 1, 9856, 1, _ONE_SLICE_STARTS, 16),
+    _p("1g.20gb", 1, 2, 19968, 4, (0, 2, 4, 6), 16),
+    _p("2g.20gb", 2, 2, 19968, 3, (0, 2, 4), 32),
+    _p("3g.40gb", 3, 4, 40192, 2, (0, 4), 48),
+    _p("4g.40gb", 4, 4, 40192, 1, (0,), 64),
+    _p("7g.80gb", 7, 8, 81152, 1, (0,), 114),
+)
+
+# H100 NVL 94GB (132 SMs). Published -lgip output of "NVIDIA H100 NVL": 1g.12gb 10.62-10.75,
+# 1g.24gb / 2g.24gb 21.50-21.62, 3g.47gb / 4g.47gb 46.12-46.38, 7g.94gb 92.62 GiB;
+# SMs 16/16/26/32/60/64/132; -lgi shows 3g.47gb at 0:4 and 4:4, 2g.24gb at 0:2/2:2/4:2.
+_H100_NVL_94GB_PROFILES = (
+    _p("1g.12gb", 1, 1, 10880, 7, _ONE_SLICE_STARTS, 16),
+    _p("1g.12gb+me", 1, 1, 10880, 1, _ONE_SLICE_STARTS, 16),
+    _p("1g.24gb", 1, 2, 22016, 4, (0, 2, 4, 6), 26),
+    _p("2g.24gb", 2, 2, 22016, 3, (0, 2, 4), 32),
+    _p("3g.47gb", 3, 4, 47232, 2, (0, 4), 60),
+    _p("4g.47gb", 4, 4, 47232, 1, (0,), 64),
+    _p("7g.94gb", 7, 8, 94848, 1, (0,), 132),
+)
+
+# H200 141GB (132 SMs). Names/counts: [MIG-PROFILES] (1g.18gb ... 7g.141gb). 1g.18gb: 16.00
+# GiB and 16 SMs (as reported by users of "NVIDIA H200 MIG 1g.18gb"). The other usable sizes
+# are UNCONFIRMED estimates scaled from the H100 table; SMs assumed equal to H100 SXM5.
+_H200_141GB_PROFILES = (
+    _p("1g.18gb", 1, 1, 16384, 7, _ONE_SLICE_STARTS, 16),
+    _p("1g.18gb+me", 1, 1, 16384, 1, _ONE_SLICE_STARTS, 16),
+    _p("1g.35gb", 1, 2, 33280, 4, (0, 2, 4, 6), 26),  # UNCONFIRMED MiB
+    _p("2g.35gb", 2, 2, 33280, 3, (0, 2, 4), 32),  # UNCONFIRMED MiB
+    _p("3g.71gb", 3, 4, 66560, 2, (0, 4), 60),  # UNCONFIRMED MiB
+    _p("4g.71gb", 4, 4, 66560, 1, (0,), 64),  # UNCONFIRMED MiB
+    _p("7g.141gb", 7, 8, 134400, 1, (0,), 132),  # UNCONFIRMED MiB
+)
+
+# A30 24GB (56 SMs): 4 compute and 4 memory slices. Names/counts: [MIG-PROFILES]
+# (2g.12gb+me needs R525+). Published -lgip: 1g.6gb 5.81, 2g.12gb 11.69, 4g.24gb 23.44-23.50
+# GiB; SMs 14/28/56; -lgipp: {0,1,2,3}:1, {0,2}:2, {0}:4.
+_A30_24GB_PROFILES = (
+    _p("1g.6gb", 1, 1, 5952, 4, (0, 1, 2, 3), 14),
+    _p("1g.6gb+me", 1, 1, 5952, 1, (0, 1, 2, 3), 14),
+    _p("2g.12gb", 2, 2, 11968, 2, (0, 2), 28),
+    _p("2g.12gb+me", 2, 2, 11968, 1, (0, 2), 28),
+    _p("4g.24gb", 4, 4, 24000, 1, (0,), 56),
+)
+
+
+def _mig_model(
+    name: str,
+    nvml_names: tuple[str, ...],
+    architecture: str,
+    sm_count: int,
+    memory_mib: int,
+    profiles: tuple[MigProfile, ...],
+    slices: tuple[int, int] = (7, 8),
+) -> GpuModel:
+    return GpuModel(
+        name=name,
+        nvml_names=nvml_names,
+        architecture=architecture,
+        sm_count=sm_count,
+        memory_mib=memory_mib,
+        mps=True,
+        mig=True,
+        max_mps_clients=MPS_MAX_CLIENTS,
+        compute_slices=slices[0],
+        memory_slices=slices[1],
+        mig_profiles=profiles,
+    )
+
+
+def _plain_model(
+    name: str, nvml_names: tuple[str, ...], architecture: str, sm_count: int, memory_mib: int
+) -> GpuModel:
+    return GpuModel(
+        name=name,
+        nvml_names=nvml_names,
+        architecture=architecture,
+        sm_count=sm_count,
+        memory_mib=memory_mib,
+        mps=True,
+        mig=False,
+        max_mps_clients=MPS_MAX_CLIENTS,
+    )
+
+
+# Whole-GPU memory: NVML's total for 40/80 GB A100 and H100 is 40960/81920 MiB ([GO-NVML]
+# mocks); the others are nominal capacities (UNCONFIRMED against NVML, which may report a
+# little less, e.g. 46068 MiB on L40S and 23034 MiB on L4 as nvidia-smi prints them).
+_MODEL_LIST: tuple[GpuModel, ...] = (
+    _mig_model(
+        "A100-40GB",
+        ("NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB", "A100-SXM4-40GB", "A100-PCIE-40GB"),
+        "Ampere",
+        108,
+        40960,
+        _A100_40GB_PROFILES,
+    ),
+    _mig_model(
+        "A100-80GB",
+        ("NVIDIA A100-SXM4-80GB", "NVIDIA A100-PCIE-80GB", "NVIDIA A100 80GB PCIe"),
+        "Ampere",
+        108,
+        81920,
+        _A100_80GB_PROFILES,
+    ),
+    _mig_model(
+        "H100-80GB",
+        ("NVIDIA H100 80GB HBM3",),
+        "Hopper",
+        132,
+        81920,
+        _H100_80GB_PROFILES,
+    ),
+    _mig_model(
+        "H100-PCIe-80GB",
+        ("NVIDIA H100 PCIe",),
+        "Hopper",
+        114,
+        81920,
+        _H100_PCIE_80GB_PROFILES,
+    ),
+    _mig_model(
+        "H100-NVL-94GB",
+        ("NVIDIA H100 NVL",),
+        "Hopper",
+        132,
+        96256,  # 94 GiB nominal, UNCONFIRMED
+        _H100_NVL_94GB_PROFILES,
+    ),
+    _mig_model(
+        "H200-141GB",
+        ("NVIDIA H200", "NVIDIA H200 NVL"),
+        "Hopper",
+        132,
+        144384,  # 141 GiB nominal, UNCONFIRMED
+        _H200_141GB_PROFILES,
+    ),
+    _mig_model(
+        "A30-24GB",
+        ("NVIDIA A30",),
+        "Ampere",
+        56,
+        24576,  # 24 GiB nominal, UNCONFIRMED
+        _A30_24GB_PROFILES,
+        slices=(4, 4),
+    ),
+    _plain_model("L40S", ("NVIDIA L40S",), "Ada", 142, 46068),
+    _plain_model("L4", ("NVIDIA L4",), "Ada", 58, 23034),
+    _plain_model(
+        "V100-16GB",
+        ("Tesla V100-SXM2-16GB", "Tesla V100-PCIE-16GB", "Tesla V100-FHHL-16GB"),
+        "Volta",
+        80,
+        16384,
+    ),
+    _plain_model(
+        "V100-32GB",
+        ("Tesla V100-SXM2-32GB", "Tesla V100-PCIE-32GB", "Tesla V100S-PCIE-32GB"),
+        "Volta",
+        80,
+        32768,
+    ),
+)
+
+#: Every model gpuslice knows, by its gpuslice name.
+MODELS: dict[str, GpuModel] = {model.name: model for model in _MODEL_LIST}
+
+
+def get_model(name: str) -> GpuModel:
+    """The catalog model called ``name`` (case-insensitive).
+
+    Raises:
+        KeyError: unknown name; the message lists the known models and the closest match.
+    """
+    by_lower = {key.lower(): model for key, model in MODELS.items()}
+    found = by_lower.get(name.strip().lower())
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name.strip().lower(), list(by_lower), n=1, cutoff=0.4)
+    hint = f"did you mean {by_lower[close[0]].name}? " if close else ""
+    raise KeyError(f"unknown GPU model {name!r}; {hint}known models: {', '.join(MODELS)}")
+
+
+def model_for_nvml_name(name: str, memory_mib: int | None = None) -> GpuModel | None:
+    """The catalog model of a GPU whose NVML product name is ``name``, or None.
+
+    Args:
+        name: ``nvmlDeviceGetName`` (``nvidia-smi --query-gpu=name``), e.g.
+            ``NVIDIA H100 80GB HBM3``.
+        memory_mib: total memory NVML reports; picks the 40/80 GB (or 16/32 GB) variant when the
+            name alone is ambiguous.
+    """
+    wanted = name.strip().lower()
+    for model in _MODEL_LIST:
+        if wanted in (n.lower() for n in model.nvml_names):
+            return model
+    # Names not listed verbatim (a new board variant, a "Mock " prefix in NVIDIA's own mocks):
+    # match on the family and let memory choose among its sizes.
+    families = (
+        ("a100", ("A100-40GB", "A100-80GB")),
+        ("h100 nvl", ("H100-NVL-94GB",)),
+        ("h100 pcie", ("H100-PCIe-80GB",)),
+        ("h100", ("H100-80GB",)),
+        ("h200", ("H200-141GB",)),
+        ("a30", ("A30-24GB",)),
+        ("l40s", ("L40S",)),
+        ("v100", ("V100-16GB", "V100-32GB")),
+    )
+    for token, names in families:
+        if token in wanted:
+            candidates = [MODELS[n] for n in names]
+            if len(candidates) == 1 or memory_mib is None:
+                sized = [m for m in candidates if m.name.lower().split("-")[-1] in wanted]
+                return sized[0] if sized else candidates[0]
+            return min(candidates, key=lambda m: abs(m.memory_mib - memory_mib))
+    if wanted.endswith(" l4") or wanted == "l4":
+        return MODELS["L4"]
+    return None
+
+
+def _counts_problem(model: GpuModel, profiles: Sequence[str]) -> str | None:
+    if not model.mig:
+        return f"{model.name} does not support MIG"
+    for name in profiles:
+        if model.profile(name) is None:
+            known = ", ".join(p.name for p in model.mig_profiles)
+            return f"unknown MIG profile {name!r} for {model.name} (known: {known})"
+    for name, count in Counter(p.lower() for p in profiles).items():
+        profile = model.profile(name)
+        assert profile is not None  # checked above
+        if count > profile.max_instances:
+            return (
+                f"too many instances of {profile.name}: {count} (max {profile.max_instances} "
+                f"on {model.name})"
+            )
+    compute = sum(p.compute_slices for p in (model.profile(n) for n in profiles) if p)
+    if compute > model.compute_slices:
+        return (
+            f"does not fit: needs {compute} compute slices, {model.name} has {model.compute_slices}"
+        )
+    memory = sum(p.memory_slices for p in (model.profile(n) for n in profiles) if p)
+    if memory > model.memory_slices:
+        return f"does not fit: needs {memory} memory slices, {model.name} has {model.memory_slices}"
+    return None
+
+
+def place_mig(model: GpuModel, profiles: Sequence[str]) -> tuple[tuple[str, int], ...] | None:
+    """A placement of these GPU-instance profiles on one empty GPU of ``model``, or None.
+
+    The placement honours each profile's allowed start positions (``nvidia-smi mig -lgipp``),
+    keeps the memory slices of instances from overlapping and the sum of compute slices within
+    the GPU's. Profiles are matched case-insensitively; the result uses catalog names.
+
+    Args:
+        model: the GPU model.
+        profiles: a multiset of profile names, e.g. ``["3g.20gb", "2g.10gb", "1g.5gb"]``.
+
+    Returns:
+        ``((profile, start_memory_slice), ...)`` ordered by start, or None when impossible
+        (unknown profile, too many instances, or no arrangement fits).
+    """
+    if _counts_problem(model, profiles) is not None:
+        return None
+    wanted = [model.profile(name) for name in profiles]
+    items = sorted((p for p in wanted if p is not None), key=lambda p: -p.memory_slices)
+    used = [False] * model.memory_slices
+    chosen: list[tuple[str, int]] = []
+
+    def fits(profile: MigProfile, start: int) -> bool:
+        end = start + profile.memory_slices
+        return end <= model.memory_slices and not any(used[start:end])
+
+    def mark(profile: MigProfile, start: int, value: bool) -> None:
+        for i in range(start, start + profile.memory_slices):
+            used[i] = value
+
+    def search(i: int, min_start: int) -> bool:
+        if i == len(items):
+            return True
+        profile = items[i]
+        # Identical consecutive profiles are tried in increasing start order only, which
+        # removes permutations of the same set without losing any arrangement.
+        floor = min_start if i > 0 and items[i - 1] == profile else 0
+        for start in profile.placements:
+            if start < floor or not fits(profile, start):
+                continue
+            mark(profile, start, True)
+            chosen.append((profile.name, start))
+            if search(i + 1, start + 1):
+                return True
+            chosen.pop()
+            mark(profile, start, False)
+        return False
+
+    if not search(0, 0):
+        return None
+    return tuple(sorted(chosen, key=lambda item: item[1]))
+
+
+def placement_problem(model: GpuModel, profiles: Sequence[str]) -> str | None:
+    """Why these profiles cannot be created together on one GPU of ``model``, or None if they can.
+
+    Returns a sentence for people: an unknown profile, too many instances of one profile,
+    too many compute or memory slices, or no arrangement honouring the allowed start positions.
+    """
+    problem = _counts_problem(model, profiles)
+    if problem is not None:
+        return problem
+    if place_mig(model, profiles) is None:
+        return (
+            f"does not fit: no arrangement of {', '.join(profiles)} on {model.name} respects the "
+            "allowed start positions (see `nvidia-smi mig -lgipp`)"
+        )
+    return None
