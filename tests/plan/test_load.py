@@ -68,7 +68,9 @@ def test_unknown_top_level_key_is_refused() -> None:
 
 def test_missing_version_is_refused_with_fix() -> None:
     found = problems("pools:\n  a: {share: {}}\n")
-    assert found == ["version (line 1, column 1): required key is missing (fix: add `version: 1` at the top)"]
+    assert found == [
+        "version (line 1, column 1): required key is missing (fix: add `version: 1` at the top)"
+    ]
 
 
 @pytest.mark.parametrize("version", ["2", "0", "'1.0'", "true"])
@@ -80,8 +82,11 @@ def test_version_other_than_1_is_refused(version: str) -> None:
 
 @pytest.mark.parametrize(
     ("pool", "found"),
-    [("{per_gpu: 2}", "found none"), ("{mps: {}, share: {}}", "found mps and share"),
-     ("{mps: {}, mig: 1g.10gb, share: {}}", "found mps and mig and share")],
+    [
+        ("{per_gpu: 2}", "found none"),
+        ("{mps: {}, share: {}}", "found mps and share"),
+        ("{mps: {}, mig: 1g.10gb, share: {}}", "found mps and mig and share"),
+    ],
 )
 def test_pool_needs_exactly_one_kind(pool: str, found: str) -> None:
     result = problems(f"version: 1\npools:\n  a: {pool}\n")
@@ -113,7 +118,9 @@ def test_memory_that_is_not_a_size_is_refused(memory: str) -> None:
 
 
 def test_invalid_pool_names_are_each_refused() -> None:
-    found = problems("version: 1\npools:\n  9lives: {share: {}}\n  'has space': {share: {}}\n  ok: {share: {}}\n")
+    found = problems(
+        "version: 1\npools:\n  9lives: {share: {}}\n  'has space': {share: {}}\n  ok: {share: {}}\n"
+    )
     assert len(found) == 2
     assert found[0].startswith("pools.9lives (line 3")
     assert found[1].startswith("pools.has space (line 4")
@@ -161,7 +168,9 @@ def test_gpus_must_be_all_or_a_list() -> None:
 
 
 def test_compact_form_equals_yaml_form() -> None:
-    compact = load_plan("small=2x mps:25%/10GiB, large=1x mps:50%, tiny=mig:1g.10gb, batch=4x share")
+    compact = load_plan(
+        "small=2x mps:25%/10GiB, large=1x mps:50%, tiny=mig:1g.10gb, batch=4x share"
+    )
     assert compact == load_plan(VALID)
 
 

@@ -24,18 +24,12 @@ from pathlib import Path
 from gpuslice.errors import PlanError, Problem
 from gpuslice.hardware.inventory import Gpu, Inventory, MigDevice
 from gpuslice.mps import paths
+from gpuslice.mps.limits import visible_sm_count
 from gpuslice.plan.compact import to_compact
 from gpuslice.plan.layout import Layout, PoolLayout, Slice
 from gpuslice.plan.load import load_plan
 from gpuslice.plan.schema import GpuRef, MpsSpec, Plan, PoolSpec
 from gpuslice.sizes import format_mib
-
-
-def expected_sms(sm_count: int, percentage: int | None) -> int:
-    """SMs a client limited to ``percentage`` should see (MPS rounds the limit down)."""
-    if percentage is None:
-        return sm_count
-    return max(1, sm_count * percentage // 100)
 
 
 @dataclass
@@ -328,7 +322,7 @@ class _Resolver:
             compute=mps.compute if mps else None,
             memory_mib=mps.memory if mps else None,
             sm_count=sm_count,
-            expected_sms=expected_sms(sm_count, mps.compute) if mps else sm_count,
+            expected_sms=visible_sm_count(sm_count, mps.compute) if mps else sm_count,
             memory_total_mib=memory_total,
             mps_pipe_dir=paths.pipe_dir(self.root, device) if mps else None,
             mps_log_dir=paths.log_dir(self.root, device) if mps else None,
