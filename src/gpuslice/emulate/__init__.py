@@ -1,0 +1,1 @@
+"""An emulated GPU for machines without one: device facts, a sharing model and timed kernels."""

@@ -1,0 +1,554 @@
+"""Emulated GPU kernels: ``kernel(work_ms)`` sleeps as long as the task would run on its slice.
+
+A kernel reads its slice from the environment exactly as a CUDA process would
+(``CUDA_VISIBLE_DEVICES``, ``CUDA_MPS_PIPE_DIRECTORY``, ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``,
+``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``), announces itself to the other emulated kernels on the
+same device, in any process, through a small record file, and advances in ticks at the rate
+:func:`gpuslice.emulate.model.rates` gives for everything running there at that moment.
+
+State directory (``$GPUSLICE_EMULATE_DIR``, default ``<tmp>/gpuslice-<uid>/emulate``, mode 0700)::
+
+    devices.json                 facts of the emulated devices (register_devices)
+    <device>/.lock               fcntl lock taken while a kernel is admitted (memory check)
+    <device>/<pid>-<tid>-<n>.json one record per running kernel; its mtime is the heartbeat
+
+A record whose process is gone, or whose heartbeat is older than :data:`STALE_AFTER_S`, is
+ignored and removed, so a killed worker never slows the others down for long.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import importlib
+import itertools
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from gpuslice.emulate.model import (
+    ActiveClient,
+    EmulatedDevice,
+    check_memory,
+    context_count,
+    default_device,
+    mps_visible_sm_count,
+    rates,
+)
+from gpuslice.errors import GpusliceError, UsageError
+from gpuslice.sizes import parse_size_mib
+
+#: Environment variable naming the emulator's state directory.
+STATE_DIR_ENV = "GPUSLICE_EMULATE_DIR"
+
+#: UUID used when ``CUDA_VISIBLE_DEVICES`` is not set (a CUDA process then sees every GPU and
+#: uses the first; the emulator gives it this device, an H100 unless registered otherwise).
+DEFAULT_DEVICE_UUID = "GPU-00000000-0000-0000-0000-emulated0000"
+
+#: Seconds between two rate recomputations (and heartbeats) of a running kernel.
+TICK_S = 0.01
+
+#: A record whose heartbeat is older than this is a dead kernel's and is ignored.
+STALE_AFTER_S = 3.0
+
+__all__ = [
+    "DEFAULT_DEVICE_UUID",
+    "STATE_DIR_ENV",
+    "CudaOutOfMemoryError",
+    "EmulatedDevice",
+    "EmulatedSlice",
+    "KernelResult",
+    "Mode",
+    "current_slice",
+    "device_info",
+    "emulate_dir",
+    "kernel",
+    "parse_active_thread_percentage",
+    "parse_pinned_mem_limit",
+    "register_devices",
+    "registered_devices",
+    "visible_sm_count",
+]
+
+Mode = Literal["mps", "timeshare", "exclusive"]
+
+
+class CudaOutOfMemoryError(GpusliceError, RuntimeError):
+    """An emulated allocation failed, as ``torch.cuda.OutOfMemoryError`` would on a real GPU.
+
+    Raised in the task that asked for too much only; other kernels on the device go on.
+    Derives from RuntimeError, like torch's error, so code written for torch catches it.
+    """
+
+    def __init__(self, message: str, requested_mib: int, free_mib: int) -> None:
+        self.requested_mib = requested_mib
+        self.free_mib = free_mib
+        self.text = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class EmulatedSlice:
+    """What a CUDA process would get from its environment, on the emulated GPU.
+
+    Attributes:
+        device: the device (first entry of ``CUDA_VISIBLE_DEVICES``).
+        mps: True when an MPS control daemon answered at ``CUDA_MPS_PIPE_DIRECTORY``.
+        active_thread_percentage: ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` (MPS only), or None.
+        pinned_limit_mib: device-0 entry of ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` (MPS only).
+    """
+
+    device: EmulatedDevice
+    mps: bool
+    active_thread_percentage: float | None
+    pinned_limit_mib: int | None
+
+    @property
+    def visible_sm_count(self) -> int:
+        """SMs CUDA reports inside this slice (``multi_processor_count``)."""
+        if not self.mps:
+            return self.device.sm_count
+        return mps_visible_sm_count(self.device.sm_count, self.active_thread_percentage)
+
+    @property
+    def sm_limit(self) -> float:
+        """Fraction of the device's SMs this slice may use."""
+        return self.visible_sm_count / self.device.sm_count
+
+
+@dataclass(frozen=True)
+class KernelResult:
+    """What one emulated kernel did.
+
+    Attributes:
+        device: UUID of the device it ran on.
+        duration_ms: wall-clock time it took, in ms.
+        mode: ``mps`` (an MPS client), ``timeshare`` (no MPS, and other contexts were active
+            during the run) or ``exclusive`` (no MPS, alone on the device).
+        share: time-averaged fraction of the device's SMs it really used (1.0 = the whole GPU
+            all the time; ``work_ms * parallelism / duration_ms``).
+        memory_mib: device memory it held, or None.
+        work_ms: the work asked for (duration alone on a whole device).
+        parallelism: the fraction of the device's SMs the kernel could keep busy.
+    """
+
+    device: str
+    duration_ms: float
+    mode: Mode
+    share: float
+    memory_mib: int | None
+    work_ms: float
+    parallelism: float
+
+
+# ---------------------------------------------------------------------------------------------
+# State directory and devices file
+
+
+def emulate_dir(path: str | Path | None = None) -> Path:
+    """The emulator's state directory (created, private to the user).
+
+    Args:
+        path: explicit directory; default ``$GPUSLICE_EMULATE_DIR`` or
+            ``<tmp>/gpuslice-<uid>/emulate``.
+    """
+    if path is None:
+        override = os.environ.get(STATE_DIR_ENV)
+        path = override or Path(tempfile.gettempdir()) / f"gpuslice-{os.getuid()}" / "emulate"
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory
+
+
+def register_devices(
+    devices: Mapping[str, EmulatedDevice], state_dir: str | Path | None = None
+) -> Path:
+    """Write the emulated fleet's device facts, replacing what was registered before.
+
+    Args:
+        devices: UUID -> device (the key must equal ``device.uuid``).
+        state_dir: state directory; default :func:`emulate_dir`.
+
+    Returns:
+        The path of ``devices.json``.
+    """
+    for key, device in devices.items():
+        if key != device.uuid:
+            raise ValueError(f"devices[{key!r}] describes {device.uuid!r}; key them by their UUID")
+    target = emulate_dir(state_dir) / "devices.json"
+    payload = {"devices": [asdict(device) for device in devices.values()]}
+    _write_atomic(target, json.dumps(payload, indent=2))
+    return target
+
+
+def registered_devices(state_dir: str | Path | None = None) -> list[EmulatedDevice]:
+    """Devices in ``devices.json``, in the order registered (empty when there is none)."""
+    target = emulate_dir(state_dir) / "devices.json"
+    try:
+        payload = json.loads(target.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"{target} is not a devices file ({err}); delete it and register the devices again"
+        ) from err
+    return [EmulatedDevice(**entry) for entry in payload.get("devices", [])]
+
+
+def device_info(uuid: str, state_dir: str | Path | None = None) -> EmulatedDevice:
+    """Facts of the device with this UUID, or the default H100 (see :func:`model.default_device`).
+
+    Like CUDA, a unique leading part of a registered UUID (``GPU-8932f937``) names it too.
+    """
+    known = registered_devices(state_dir)
+    for device in known:
+        if device.uuid == uuid:
+            return device
+    matches = [device for device in known if device.uuid.startswith(uuid)]
+    if len(matches) == 1:
+        return matches[0]
+    return default_device(uuid)
+
+
+# ---------------------------------------------------------------------------------------------
+# The slice, read from the environment
+
+
+def current_slice(
+    env: Mapping[str, str] | None = None, state_dir: str | Path | None = None
+) -> EmulatedSlice:
+    """The slice this process would get from CUDA, given its environment.
+
+    MPS applies only when ``CUDA_MPS_PIPE_DIRECTORY`` is set and a daemon answers there
+    (``gpuslice.emulate.mps_control.register_client``); otherwise, as with real CUDA, the
+    process runs without MPS and without its limits.
+
+    Raises:
+        UsageError: ``CUDA_VISIBLE_DEVICES`` is empty (no device visible) or an MPS variable
+            is malformed.
+    """
+    env = os.environ if env is None else env
+    device = _visible_device(env, state_dir)
+    pipe_dir = env.get("CUDA_MPS_PIPE_DIRECTORY")
+    if not pipe_dir:
+        return EmulatedSlice(
+            device, mps=False, active_thread_percentage=None, pinned_limit_mib=None
+        )
+    percentage = parse_active_thread_percentage(env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"))
+    pinned = parse_pinned_mem_limit(env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"))
+    if not _mps_connect(
+        pipe_dir,
+        env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") if percentage is not None else None,
+        env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT") if pinned is not None else None,
+    ):
+        return EmulatedSlice(
+            device, mps=False, active_thread_percentage=None, pinned_limit_mib=None
+        )
+    return EmulatedSlice(
+        device, mps=True, active_thread_percentage=percentage, pinned_limit_mib=pinned
+    )
+
+
+def visible_sm_count(env: Mapping[str, str] | None = None) -> int:
+    """What ``torch.cuda.get_device_properties(0).multi_processor_count`` shows in this slice.
+
+    Under MPS the active thread percentage is rounded down to whole SM pairs
+    (:func:`model.mps_visible_sm_count`); without MPS it is the device's SM count. Workers use
+    it to check the limit they got, as they would on a real GPU.
+    """
+    return current_slice(env).visible_sm_count
+
+
+def _visible_device(env: Mapping[str, str], state_dir: str | Path | None) -> EmulatedDevice:
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return device_info(DEFAULT_DEVICE_UUID, state_dir)
+    first = visible.split(",")[0].strip()
+    if not first:
+        raise UsageError(
+            "CUDA_VISIBLE_DEVICES is empty, so no CUDA device is visible; "
+            "set it to a GPU-… or MIG-… UUID of the emulated fleet"
+        )
+    if first.lstrip("-").isdigit():
+        index = int(first)
+        known = registered_devices(state_dir)
+        if 0 <= index < len(known):
+            return known[index]
+        return default_device(f"GPU-emulated-index-{index}")
+    return device_info(first, state_dir)
+
+
+def parse_active_thread_percentage(text: str | None) -> float | None:
+    """``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` as a number in (0, 100], or None when unset."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise UsageError(
+            f"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={text!r} is not a number; use 1-100"
+        ) from err
+    if not 0 < value <= 100:
+        raise UsageError(f"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={text!r} is outside 1-100")
+    return value
+
+
+def parse_pinned_mem_limit(text: str | None, ordinal: int = 0) -> int | None:
+    """The MiB limit for device ``ordinal`` in ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``.
+
+    The variable is a comma-separated list of ``<device ordinal>=<size>`` entries, the ordinal
+    as the client sees it (``0`` with one visible device), e.g. ``0=10G`` or ``0=1G,1=512M``
+    (docs.nvidia.com/deploy/mps, appendix "Environment Variables"). A one-letter unit is
+    binary (``G`` = GiB), as gpuslice.sizes reads it.
+
+    Returns:
+        The limit in MiB, or None when unset or when no entry names ``ordinal``.
+    """
+    if text is None or not text.strip():
+        return None
+    for entry in text.split(","):
+        key, sep, size = entry.partition("=")
+        if not sep or not key.strip().isdigit():
+            raise UsageError(
+                f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={text!r}: entry {entry!r} is not "
+                "<device ordinal>=<size>; write e.g. 0=10G"
+            )
+        if int(key) == ordinal:
+            try:
+                return parse_size_mib(size.strip())
+            except ValueError as err:
+                raise UsageError(f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={text!r}: {err}") from err
+    return None
+
+
+_MPS_CONNECTIONS: dict[tuple[str, int, str | None, str | None], bool] = {}
+_MPS_LOCK = threading.Lock()
+
+
+def _mps_connect(pipe_dir: str, percentage: str | None, pinned: str | None) -> bool:
+    """Register this process with the emulated MPS daemon once, as CUDA does at context creation.
+
+    ``percentage`` and ``pinned`` are the client's raw (already validated) variable values;
+    the daemon applies its own defaults on top. Raises MpsError when the daemon refuses the
+    client (too many clients on the device), as context creation would fail.
+    """
+    key = (pipe_dir, os.getpid(), percentage, pinned)
+    with _MPS_LOCK:
+        if key in _MPS_CONNECTIONS:
+            return _MPS_CONNECTIONS[key]
+        try:
+            # Imported by name: the daemon lives in its own module and is loaded only for MPS.
+            control = importlib.import_module("gpuslice.emulate.mps_control")
+        except ImportError:
+            _MPS_CONNECTIONS[key] = False
+            return False
+        answered = bool(
+            control.register_client(
+                pipe_dir,
+                os.getpid(),
+                active_thread_percentage=_whole(percentage),
+                pinned_mem_limit=pinned.strip() if pinned is not None else None,
+            )
+        )
+        _MPS_CONNECTIONS[key] = answered
+        if answered:
+            atexit.register(_mps_disconnect, control, pipe_dir, os.getpid())
+        return answered
+
+
+def _whole(percentage: str | None) -> int | float | None:
+    """The percentage as the daemon's register_client takes it: an int when it is whole."""
+    if percentage is None:
+        return None
+    value = float(percentage)
+    return int(value) if value.is_integer() else value
+
+
+def _mps_disconnect(control: object, pipe_dir: str, pid: int) -> None:
+    if os.getpid() != pid:  # a forked child does not own its parent's registration
+        return
+    with contextlib.suppress(Exception):  # the daemon may already be gone at exit
+        control.unregister_client(pipe_dir, pid)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Records of running kernels
+
+
+@dataclass(frozen=True)
+class _Record:
+    path: Path
+    pid: int
+    mps: bool
+    sm_limit: float
+    parallelism: float
+    memory_mib: int
+
+    def client(self) -> ActiveClient:
+        return ActiveClient(self.pid, self.mps, self.sm_limit, self.parallelism)
+
+
+_SEQUENCE = itertools.count()
+
+
+def _device_dir(root: Path, uuid: str) -> Path:
+    # MIG UUIDs of the old form (MIG-GPU-…/1/2) contain slashes.
+    directory = root / uuid.replace("/", "_")
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return directory
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_records(directory: Path) -> list[_Record]:
+    """Running kernels on a device; stale records (dead process, old heartbeat) are removed."""
+    now = time.time()
+    records = []
+    for path in directory.glob("*.json"):
+        try:
+            mtime = path.stat().st_mtime
+            data = json.loads(path.read_text())
+            record = _Record(
+                path=path,
+                pid=int(data["pid"]),
+                mps=bool(data["mps"]),
+                sm_limit=float(data["sm_limit"]),
+                parallelism=float(data["parallelism"]),
+                memory_mib=int(data["memory_mib"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # removed or being replaced right now
+        if now - mtime > STALE_AFTER_S or not _alive(record.pid):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        records.append(record)
+    return records
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    with (directory / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _admit(directory: Path, the_slice: EmulatedSlice, parallelism: float, memory_mib: int) -> Path:
+    """Check memory and write this kernel's record, atomically with respect to other kernels."""
+    pid = os.getpid()
+    with _locked(directory):
+        others = _read_records(directory)
+        if memory_mib:
+            verdict = check_memory(
+                requested_mib=memory_mib,
+                device_memory_mib=the_slice.device.memory_mib,
+                used_on_device_mib=sum(r.memory_mib for r in others),
+                pinned_limit_mib=the_slice.pinned_limit_mib,
+                used_by_process_mib=sum(r.memory_mib for r in others if r.pid == pid),
+            )
+            if verdict is not None:
+                raise CudaOutOfMemoryError(verdict.message(), memory_mib, verdict.free_mib)
+        path = directory / f"{pid}-{threading.get_ident()}-{next(_SEQUENCE)}.json"
+        record = {
+            "pid": pid,
+            "mps": the_slice.mps,
+            "sm_limit": the_slice.sm_limit,
+            "parallelism": parallelism,
+            "memory_mib": memory_mib,
+            "started": time.time(),
+        }
+        _write_atomic(path, json.dumps(record))
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel
+
+
+def kernel(
+    work_ms: float, parallelism: float = 1.0, memory: int | str | None = None
+) -> KernelResult:
+    """Run an emulated GPU kernel: sleep, in real time, as long as it would take on this slice.
+
+    Args:
+        work_ms: GPU time the task needs with a whole device to itself, in ms.
+        parallelism: fraction of the device's SMs its kernels can keep busy, in (0, 1]
+            (small kernels cannot fill an H100).
+        memory: device memory it holds while running: MiB, or a size such as ``"10GiB"``.
+
+    Raises:
+        CudaOutOfMemoryError: ``memory`` is over the MPS pinned limit or the device's free memory.
+        UsageError: bad arguments, or a slice environment CUDA would refuse.
+    """
+    if work_ms < 0:
+        raise UsageError(f"work_ms must be >= 0, got {work_ms}")
+    if not 0.0 < parallelism <= 1.0:
+        raise UsageError(f"parallelism must be in (0, 1], got {parallelism}")
+    try:
+        memory_mib = parse_size_mib(memory) if memory is not None else 0
+    except ValueError as err:
+        raise UsageError(f"memory: {err}") from err
+    the_slice = current_slice()
+    directory = _device_dir(emulate_dir(), the_slice.device.uuid)
+    me = ActiveClient(os.getpid(), the_slice.mps, the_slice.sm_limit, parallelism)
+
+    start = time.monotonic()
+    record_path = _admit(directory, the_slice, parallelism, memory_mib)
+    progress = 0.0  # fraction of work_ms done
+    shared = False
+    last = start
+    try:
+        while progress < 1.0 and work_ms > 0:
+            others = [r.client() for r in _read_records(directory) if r.path != record_path]
+            clients = [me, *others]
+            shared = shared or context_count(clients) > 1
+            rate = rates(clients)[0]
+            remaining_ms = (1.0 - progress) * work_ms / rate
+            time.sleep(min(TICK_S, remaining_ms / 1000.0))
+            now = time.monotonic()
+            progress += (now - last) * 1000.0 * rate / work_ms
+            last = now
+            with contextlib.suppress(OSError):
+                os.utime(record_path)  # heartbeat
+    finally:
+        with contextlib.suppress(OSError):
+            record_path.unlink()
+    duration_ms = (time.monotonic() - start) * 1000.0
+    mode: Mode = "mps" if the_slice.mps else ("timeshare" if shared else "exclusive")
+    share = work_ms * parallelism / duration_ms if duration_ms > 0 else parallelism
+    return KernelResult(
+        device=the_slice.device.uuid,
+        duration_ms=duration_ms,
+        mode=mode,
+        share=share,
+        memory_mib=memory_mib or None,
+        work_ms=work_ms,
+        parallelism=parallelism,
+    )

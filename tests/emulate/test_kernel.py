@@ -1,0 +1,326 @@
+"""Emulated kernels in real time: separate processes on one device slow each other as modelled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuslice.emulate import kernel as kernel_module
+from gpuslice.emulate.kernel import (
+    CudaOutOfMemoryError,
+    EmulatedDevice,
+    current_slice,
+    device_info,
+    kernel,
+    parse_pinned_mem_limit,
+    register_devices,
+    visible_sm_count,
+)
+from gpuslice.emulate.model import TIMESLICE_EFFICIENCY
+from gpuslice.errors import UsageError
+
+GPU_A = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
+GPU_B = "GPU-bbbbbbbb-0000-0000-0000-000000000002"
+MIG_1 = "MIG-cccccccc-0000-0000-0000-000000000003"
+SLICE_VARIABLES = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_MPS_PIPE_DIRECTORY",
+    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+)
+
+# A child process: optionally a stand-in MPS daemon that always answers (the real
+# gpuslice.emulate.mps_control is another module's job), then wait for "go" and run one kernel.
+CHILD = textwrap.dedent(
+    """
+    import dataclasses, json, os, sys, time, types
+    if os.environ.get("TEST_FAKE_MPS"):
+        fake = types.ModuleType("gpuslice.emulate.mps_control")
+        fake.register_client = lambda pipe_dir, pid, **limits: True
+        fake.unregister_client = lambda pipe_dir, pid: None
+        sys.modules["gpuslice.emulate.mps_control"] = fake
+    from gpuslice.emulate.kernel import kernel
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.002)
+    result = kernel(float(sys.argv[2]), float(sys.argv[3]))
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def emulate_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "emulate"
+    monkeypatch.setenv("GPUSLICE_EMULATE_DIR", str(state))
+    for name in SLICE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(kernel_module, "_MPS_CONNECTIONS", {})
+    register_devices(
+        {
+            GPU_A: EmulatedDevice(GPU_A, sm_count=100, memory_mib=1000, name="test GPU A"),
+            GPU_B: EmulatedDevice(GPU_B, sm_count=100, memory_mib=1000, name="test GPU B"),
+            MIG_1: EmulatedDevice(MIG_1, sm_count=16, memory_mib=9856, name="test MIG 1g"),
+        }
+    )
+    return state
+
+
+def fake_mps_daemon(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[dict[str, Any]]:
+    """Stand in for gpuslice.emulate.mps_control; returns the registrations it saw."""
+    seen: list[dict[str, Any]] = []
+
+    def register_client(pipe_dir: str, pid: int, **limits: Any) -> bool:
+        seen.append({"pipe_dir": pipe_dir, "pid": pid, **limits})
+        return answers
+
+    fake = types.ModuleType("gpuslice.emulate.mps_control")
+    fake.register_client = register_client  # type: ignore[attr-defined]
+    fake.unregister_client = lambda pipe_dir, pid: None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gpuslice.emulate.mps_control", fake)
+    return seen
+
+
+def run_together(tmp_path: Path, jobs: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Start one child per job (its extra environment and WORK/PAR), release them at once."""
+    go = tmp_path / "go"
+    children = []
+    for job in jobs:
+        env = {**os.environ, **{k: v for k, v in job.items() if k not in ("WORK", "PAR")}}
+        command = [sys.executable, "-c", CHILD, str(go), job["WORK"], job.get("PAR", "1.0")]
+        children.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
+    for child in children:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+    go.touch()
+    results = []
+    for child in children:
+        out, _ = child.communicate(timeout=30)
+        assert child.returncode == 0
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def test_kernel_alone_takes_its_work_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    result = kernel(150)
+    assert result.mode == "exclusive"
+    assert result.device == GPU_A
+    assert 150 <= result.duration_ms < 150 * 1.4
+    assert result.share == pytest.approx(1.0, rel=0.3)
+
+
+def test_two_processes_time_sharing_a_device_each_take_twice_as_long(tmp_path: Path) -> None:
+    work = 200.0
+    results = run_together(
+        tmp_path, [{"CUDA_VISIBLE_DEVICES": GPU_A, "WORK": str(work)} for _ in range(2)]
+    )
+    expected = work * 2 / TIMESLICE_EFFICIENCY
+    for result in results:
+        assert result["mode"] == "timeshare"
+        assert expected * 0.8 < result["duration_ms"] < expected * 1.35
+
+
+def test_two_processes_on_different_devices_do_not_slow_each_other(tmp_path: Path) -> None:
+    work = 200.0
+    results = run_together(
+        tmp_path,
+        [
+            {"CUDA_VISIBLE_DEVICES": GPU_A, "WORK": str(work)},
+            {"CUDA_VISIBLE_DEVICES": GPU_B, "WORK": str(work)},
+        ],
+    )
+    for result in results:
+        assert result["mode"] == "exclusive"
+        assert work <= result["duration_ms"] < work * 1.4
+
+
+def test_mps_clients_of_30_and_70_percent_run_concurrently(tmp_path: Path) -> None:
+    work = 100.0
+    base = {"CUDA_VISIBLE_DEVICES": GPU_A, "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe")}
+    small, large = run_together(
+        tmp_path,
+        [
+            {
+                **base,
+                "TEST_FAKE_MPS": "1",
+                "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30",
+                "WORK": "100",
+            },
+            {
+                **base,
+                "TEST_FAKE_MPS": "1",
+                "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70",
+                "WORK": "100",
+            },
+        ],
+    )
+    assert small["mode"] == large["mode"] == "mps"
+    # Concurrent, not time-sliced: each runs at its own SM share, 30/100 and 70/100 SMs.
+    assert work / 0.3 * 0.9 < small["duration_ms"] < work / 0.3 * 1.35
+    assert work / 0.7 * 0.9 < large["duration_ms"] < work / 0.7 * 1.35
+
+
+def test_record_of_a_dead_process_is_ignored_and_removed(
+    emulate_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    device_dir = emulate_dir / GPU_A
+    device_dir.mkdir()
+    stale = device_dir / f"{dead.stdout.strip()}-1-0.json"
+    record = {"pid": int(dead.stdout), "mps": False, "sm_limit": 1.0, "parallelism": 1.0}
+    stale.write_text(json.dumps({**record, "memory_mib": 900}))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    result = kernel(100, memory=500)  # would not fit beside the dead record's 900 MiB
+    assert result.mode == "exclusive"
+    assert result.duration_ms < 100 * 1.4
+    assert not stale.exists()
+
+
+def test_record_without_recent_heartbeat_is_ignored(
+    emulate_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device_dir = emulate_dir / GPU_A
+    device_dir.mkdir()
+    hung = device_dir / "1-1-0.json"  # pid 1 is alive, but its record went quiet
+    hung.write_text(
+        json.dumps({"pid": 1, "mps": False, "sm_limit": 1.0, "parallelism": 1.0, "memory_mib": 0})
+    )
+    old = time.time() - 60
+    os.utime(hung, (old, old))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    assert kernel(50).mode == "exclusive"
+
+
+def test_out_of_memory_fails_only_the_task_that_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    holder: dict[str, Any] = {}
+    big = threading.Thread(target=lambda: holder.update(result=kernel(300, memory=800)))
+    big.start()
+    time.sleep(0.1)
+    with pytest.raises(CudaOutOfMemoryError, match=r"CUDA out of memory\. Tried to allocate 400"):
+        kernel(10, memory="400MiB")
+    big.join()
+    assert holder["result"].memory_mib == 800
+    assert kernel(10, memory=400).memory_mib == 400  # freed once the big task ended
+
+
+def test_allocation_over_the_mps_pinned_limit_is_out_of_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = fake_mps_daemon(monkeypatch, answers=True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MIG_1)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "pipe"))
+    monkeypatch.setenv("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=1G")
+    with pytest.raises(CudaOutOfMemoryError, match="CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"):
+        kernel(10, memory="2GiB")
+    assert kernel(10, memory=512).mode == "mps"
+    assert seen[0]["pinned_mem_limit"] == "0=1G"
+
+
+def test_without_an_answering_daemon_the_slice_runs_unlimited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_mps_daemon(monkeypatch, answers=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "pipe"))
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25")
+    result = kernel(100)
+    assert result.mode == "exclusive"
+    assert result.duration_ms < 100 * 1.4  # not 400 ms: CUDA silently ignores the limit
+    assert visible_sm_count() == 100
+
+
+def test_visible_sm_count_follows_the_mps_percentage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = fake_mps_daemon(monkeypatch, answers=True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-unregistered")
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "pipe"))
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "30")
+    assert visible_sm_count() == 38  # 30% of the default H100's 132 SMs, rounded down to pairs
+    assert seen[0]["active_thread_percentage"] == 30
+    assert seen[0]["pid"] == os.getpid()
+
+
+def test_mig_instance_is_its_own_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MIG_1)
+    assert visible_sm_count() == 16
+    assert current_slice().device.memory_mib == 9856
+
+
+def test_unknown_device_falls_back_to_an_h100() -> None:
+    device = device_info("GPU-nobody-registered-this")
+    assert (device.sm_count, device.memory_mib) == (132, 81559)
+
+
+def test_leading_part_of_a_uuid_names_the_device() -> None:
+    assert device_info("GPU-bbbbbbbb").uuid == GPU_B
+
+
+def test_missing_visible_devices_gives_the_default_device() -> None:
+    assert current_slice().device.uuid == kernel_module.DEFAULT_DEVICE_UUID
+
+
+def test_empty_visible_devices_means_no_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(UsageError, match="no CUDA device is visible"):
+        kernel(1)
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"),
+    [("0=10240M", 10240), ("0=10G", 10240), ("1=1G,0=512M", 512), ("1=1G", None), (None, None)],
+)
+def test_pinned_mem_limit_is_read_for_device_zero(text: str | None, mib: int | None) -> None:
+    assert parse_pinned_mem_limit(text) == mib
+
+
+def test_malformed_pinned_mem_limit_is_refused() -> None:
+    with pytest.raises(UsageError, match="CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"):
+        parse_pinned_mem_limit("10G")
+
+
+def test_kernel_under_the_emulated_mps_daemon_gets_its_percentage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe, log = tmp_path / "pipe", tmp_path / "log"
+    pipe.mkdir(mode=0o700)
+    log.mkdir(mode=0o700)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(pipe))
+    monkeypatch.setenv("CUDA_MPS_LOG_DIRECTORY", str(log))
+    control = [sys.executable, "-m", "gpuslice.emulate.mps_control"]
+    subprocess.run([*control, "-d"], check=True, timeout=20)
+    try:
+        code = (
+            "from gpuslice.emulate.kernel import kernel, visible_sm_count; "
+            "r = kernel(60); print(visible_sm_count(), r.mode, r.duration_ms)"
+        )
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": GPU_A,
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+    finally:
+        subprocess.run([*control], input="quit\n", text=True, timeout=20, check=False)
+    sms, mode, duration_ms = done.stdout.split()
+    assert (sms, mode) == ("50", "mps")
+    assert 60 / 0.5 <= float(duration_ms) < 60 / 0.5 * 1.4
