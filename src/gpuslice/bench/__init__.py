@@ -1,0 +1,1 @@
+"""Benchmark workloads (LLM inference, a molecular surrogate, a science kernel) and their costs."""
