@@ -250,3 +250,25 @@ def test_emulated_cost_refuses_an_unknown_workload_with_the_choices() -> None:
 def test_workload_functions_pickle_by_reference_for_parsl() -> None:
     for workload in WORKLOADS.values():
         assert pickle.loads(pickle.dumps(workload.function)) is workload.function
+
+
+def test_llm_batch_decodes_every_prompt_like_a_single_request() -> None:
+    from gpuslice.bench.workloads import llm_generate
+
+    single = llm_generate(size="tiny", prompt_tokens=6, new_tokens=4, device="cpu", seed=3)
+    batched = llm_generate(
+        size="tiny", prompt_tokens=6, new_tokens=4, device="cpu", seed=3, batch=3
+    )
+    assert batched["batch"] == 3
+    assert len(batched["tokens"]) == 4
+    # Row 0 of the batch is drawn first from the same generator as the single prompt.
+    assert batched["tokens"] == single["tokens"]
+
+
+def test_llm_batched_cost_is_cheaper_than_separate_requests() -> None:
+    from gpuslice.bench.workloads import emulated_cost
+
+    one = emulated_cost("llm", size="small")
+    eight = emulated_cost("llm", size="small", batch=8)
+    assert one.work_ms < eight.work_ms < 8 * one.work_ms
+    assert eight.parallelism > one.parallelism

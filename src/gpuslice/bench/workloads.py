@@ -326,9 +326,9 @@ def _gpt_forward(
     cache: list[tuple[Any, Any]] | None,
     pos: int,
 ) -> Any:
-    """Logits of the last position for tokens ``idx`` (1, T) placed at positions pos…pos+T-1.
+    """Logits of the last position for tokens ``idx`` (B, T) placed at positions pos…pos+T-1.
 
-    With ``cache`` (per layer, key and value buffers of shape (1, heads, length, head_dim)),
+    With ``cache`` (per layer, key and value buffers of shape (B, heads, length, head_dim)),
     the new keys and values are written at ``pos`` and attention reads the whole prefix;
     callers use either a prefill at ``pos=0`` or single-token steps, so the causal mask is
     needed exactly when T > 1.
@@ -336,20 +336,20 @@ def _gpt_forward(
     import torch.nn.functional as F  # noqa: N812 (the usual torch spelling)
 
     d, heads = shape.d_model, shape.heads
-    t = idx.shape[1]
+    b, t = idx.shape[0], idx.shape[1]
     x = F.embedding(idx, weights["wte"]) + weights["wpe"][pos : pos + t]
     for i in range(shape.layers):
         p = f"h{i}."
         h = F.layer_norm(x, (d,), weights[p + "ln1.w"], weights[p + "ln1.b"])
         qkv = F.linear(h, weights[p + "attn.w"], weights[p + "attn.b"])
-        q, k, v = qkv.view(1, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k_buf, v_buf = cache[i]
             k_buf[:, :, pos : pos + t] = k
             v_buf[:, :, pos : pos + t] = v
             k, v = k_buf[:, :, : pos + t], v_buf[:, :, : pos + t]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
-        y = y.transpose(1, 2).reshape(1, t, d)
+        y = y.transpose(1, 2).reshape(b, t, d)
         x = x + F.linear(y, weights[p + "proj.w"], weights[p + "proj.b"])
         h = F.layer_norm(x, (d,), weights[p + "ln2.w"], weights[p + "ln2.b"])
         h = F.gelu(F.linear(h, weights[p + "fc.w"], weights[p + "fc.b"]), approximate="tanh")
@@ -366,6 +366,7 @@ def llm_generate(
     dtype: str | None = None,
     seed: int = 0,
     use_cache: bool = True,
+    batch: int = 1,
 ) -> dict[str, Any]:
     """Generate ``new_tokens`` tokens greedily for one random prompt (one inference request).
 
@@ -379,6 +380,8 @@ def llm_generate(
         seed: seed of the prompt (the weights have their own fixed seed).
         use_cache: keep a KV cache (as real servers do); False recomputes the whole
             sequence at every step (for checking the cache).
+        batch: prompts decoded together in one batch (1 is one FaaS request; the benchmark's
+            batched ceiling uses more). ``tokens`` reports the first sequence.
 
     Returns:
         ``workload``, ``device``, ``dtype``, ``seconds`` (prefill and decoding, measured in
@@ -391,8 +394,8 @@ def llm_generate(
     import torch
 
     shape = _gpt_shape(size)
-    if prompt_tokens < 1 or new_tokens < 1:
-        raise UsageError("prompt_tokens and new_tokens must be at least 1")
+    if prompt_tokens < 1 or new_tokens < 1 or batch < 1:
+        raise UsageError("prompt_tokens, new_tokens and batch must be at least 1")
     if prompt_tokens + new_tokens > shape.context:
         raise UsageError(
             f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the context "
@@ -406,8 +409,8 @@ def llm_generate(
     build_seconds = time.perf_counter() - start
 
     gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, shape.vocab, (1, prompt_tokens), generator=gen).to(dev)
-    out = torch.empty(new_tokens, dtype=torch.long, device=dev)
+    prompt = torch.randint(0, shape.vocab, (batch, prompt_tokens), generator=gen).to(dev)
+    out = torch.empty(batch, new_tokens, dtype=torch.long, device=dev)
     head_dim = shape.d_model // shape.heads
     length = prompt_tokens + new_tokens
     with torch.inference_mode():
@@ -418,29 +421,29 @@ def llm_generate(
             cache = [
                 (
                     torch.empty(
-                        1, shape.heads, length, head_dim, device=dev, dtype=_torch_dtype(dt)
+                        batch, shape.heads, length, head_dim, device=dev, dtype=_torch_dtype(dt)
                     ),
                     torch.empty(
-                        1, shape.heads, length, head_dim, device=dev, dtype=_torch_dtype(dt)
+                        batch, shape.heads, length, head_dim, device=dev, dtype=_torch_dtype(dt)
                     ),
                 )
                 for _ in range(shape.layers)
             ]
         logits = _gpt_forward(weights, shape, prompt, cache, 0)
         token = logits.argmax(-1)
-        out[0] = token[0]
+        out[:, 0] = token
         _sync(dev)
         prefill_seconds = time.perf_counter() - t0
         for step in range(1, new_tokens):
             if cache is not None:
                 logits = _gpt_forward(
-                    weights, shape, token.view(1, 1), cache, prompt_tokens + step - 1
+                    weights, shape, token.view(batch, 1), cache, prompt_tokens + step - 1
                 )
             else:
-                seq = torch.cat([prompt, out[:step].view(1, step)], dim=1)
+                seq = torch.cat([prompt, out[:, :step]], dim=1)
                 logits = _gpt_forward(weights, shape, seq, None, 0)
             token = logits.argmax(-1)
-            out[step] = token[0]
+            out[:, step] = token
         _sync(dev)
         seconds = time.perf_counter() - t0
     return {
@@ -451,8 +454,9 @@ def llm_generate(
         "seconds": seconds,
         "build_seconds": build_seconds,
         "prefill_seconds": prefill_seconds,
-        "tokens_per_second": new_tokens / seconds if seconds > 0 else float("inf"),
-        "tokens": [int(x) for x in out.tolist()],
+        "batch": batch,
+        "tokens_per_second": batch * new_tokens / seconds if seconds > 0 else float("inf"),
+        "tokens": [int(x) for x in out[0].tolist()],
     }
 
 
@@ -833,10 +837,13 @@ def _total(kernels: Iterable[_Kernels], memory_bytes: float) -> EmulatedCost:
     return EmulatedCost(work_ms=work_s * 1e3, parallelism=parallelism, memory_mib=memory_mib)
 
 
-def _gpt_pass(shape: GptShape, tokens: float, context: float, dtype: str) -> list[_Kernels]:
-    """Kernels of one forward pass over ``tokens`` new tokens attending to ``context`` keys."""
+def _gpt_pass(
+    shape: GptShape, tokens: float, context: float, dtype: str, batch: int = 1
+) -> list[_Kernels]:
+    """Kernels of one forward pass over ``tokens`` new tokens (per sequence, ``batch``
+    sequences) attending to ``context`` keys."""
     d, layers, size = shape.d_model, shape.layers, _DTYPE_BYTES[dtype]
-    m = tokens
+    m = tokens * batch
     return [
         _elementwise(3, m * d, 3, dtype),  # embedding gathers and add
         _gemm(layers, m, d, 3 * d, dtype),  # qkv
@@ -847,8 +854,8 @@ def _gpt_pass(shape: GptShape, tokens: float, context: float, dtype: str) -> lis
         _Kernels(
             layers,
             4 * m * context * d,
-            (2 * context * d + 2 * m * d) * size,
-            shape.heads * math.ceil(m / 128),
+            (2 * batch * context * d + 2 * m * d) * size,
+            shape.heads * batch * math.ceil(tokens / 128),
             dtype,
         ),
         _elementwise(2 * layers, m * d, 2, dtype),  # KV-cache writes
@@ -856,29 +863,31 @@ def _gpt_pass(shape: GptShape, tokens: float, context: float, dtype: str) -> lis
         _elementwise(2 * layers, m * d, 2, dtype),  # layer norms
         _elementwise(2 * layers, m * d, 3, dtype),  # residual adds
         _elementwise(layers, 4 * m * d, 2, dtype),  # gelu
-        _elementwise(1, d, 2, dtype),  # final layer norm (last position only)
-        _gemm(1, 1, d, shape.vocab, dtype),  # logits of the last position
-        _elementwise(2, shape.vocab, 1, dtype),  # argmax, token write
+        _elementwise(1, batch * d, 2, dtype),  # final layer norm (last position only)
+        _gemm(1, batch, d, shape.vocab, dtype),  # logits of the last position
+        _elementwise(2, batch * shape.vocab, 1, dtype),  # argmax, token write
     ]
 
 
-def _llm_cost(size: str, prompt_tokens: int, new_tokens: int, dtype: str | None) -> EmulatedCost:
+def _llm_cost(
+    size: str, prompt_tokens: int, new_tokens: int, dtype: str | None, batch: int = 1
+) -> EmulatedCost:
     shape = _gpt_shape(size)
     dt = dtype or "bf16"  # what llm_generate picks on an H100
     if dt not in _DTYPE_BYTES:
         raise UsageError(f"dtype {dt!r} is unknown; choose one of {', '.join(_DTYPE_BYTES)}")
-    kernels = _gpt_pass(shape, prompt_tokens, prompt_tokens, dt)
+    kernels = _gpt_pass(shape, prompt_tokens, prompt_tokens, dt, batch)
     steps = new_tokens - 1
     if steps > 0:
         mean_context = prompt_tokens + (new_tokens + 1) / 2
-        kernels += _repeat(_gpt_pass(shape, 1, mean_context, dt), steps)
+        kernels += _repeat(_gpt_pass(shape, 1, mean_context, dt, batch), steps)
     size_b = _DTYPE_BYTES[dt]
     length = prompt_tokens + new_tokens
     memory = (
         shape.params * size_b
-        + 2 * shape.layers * length * shape.d_model * size_b  # KV cache
-        + 8 * prompt_tokens * shape.d_model * size_b  # prefill activations (fc is 4d wide)
-        + shape.heads * prompt_tokens * prompt_tokens * size_b  # attention scores if unfused
+        + batch * 2 * shape.layers * length * shape.d_model * size_b  # KV cache
+        + batch * 8 * prompt_tokens * shape.d_model * size_b  # prefill activations (fc: 4d)
+        + batch * shape.heads * prompt_tokens * prompt_tokens * size_b  # unfused scores
     )
     return _total(kernels, memory)
 
@@ -995,7 +1004,7 @@ def emulated_cost(workload: str, **params: Any) -> EmulatedCost:
         raise UsageError(f"workload {workload!r} is unknown; choose one of {', '.join(WORKLOADS)}")
     p = WORKLOADS[workload].params(**params)
     if workload == "llm":
-        return _llm_cost(p["size"], p["prompt_tokens"], p["new_tokens"], p["dtype"])
+        return _llm_cost(p["size"], p["prompt_tokens"], p["new_tokens"], p["dtype"], p["batch"])
     if workload == "surrogate_infer":
         return _surrogate_infer_cost(p["batch_size"], p["hidden"], p["layers"])
     if workload == "surrogate_train":
@@ -1023,6 +1032,7 @@ WORKLOADS: dict[str, Workload] = {
                 "dtype": None,
                 "seed": 0,
                 "use_cache": True,
+                "batch": 1,
             },
             sizes={
                 "tiny": {"size": "tiny", "prompt_tokens": 8, "new_tokens": 4},
