@@ -10,7 +10,7 @@ The public API (DESIGN.md, "Public Python names")::
     @gpuslice.gpu_app(pool="small")
     def infer(batch): ...
 
-Parsl is imported only when the Parsl names are first used, so the CLI and planning stay fast.
+Names are imported on first use, so small programs that import a gpuslice module start fast.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from gpuslice.errors import (
     Problem,
     UsageError,
 )
-from gpuslice.hardware.inventory import Gpu, Inventory, MigDevice, discover
-from gpuslice.plan.layout import Layout, PoolLayout, Slice
-from gpuslice.plan.load import load_plan
-from gpuslice.plan.resolve import resolve
-from gpuslice.plan.schema import Plan
 
 if TYPE_CHECKING:
+    from gpuslice.hardware.inventory import Gpu, Inventory, MigDevice, discover
     from gpuslice.parsl.app import gpu_app
     from gpuslice.parsl.config import parsl_config
+    from gpuslice.plan.layout import Layout, PoolLayout, Slice
+    from gpuslice.plan.load import load_plan
+    from gpuslice.plan.resolve import resolve
+    from gpuslice.plan.schema import Plan
 
 __version__ = "0.1.0"
 
@@ -60,7 +60,19 @@ __all__ = [
     "resolve",
 ]
 
+# Imported on first use: helper programs (the emulated MPS control daemon, worker-side
+# checks) import gpuslice submodules and should not pay for pydantic or Parsl at start-up.
 _LAZY = {
+    "Gpu": "gpuslice.hardware.inventory",
+    "Inventory": "gpuslice.hardware.inventory",
+    "MigDevice": "gpuslice.hardware.inventory",
+    "discover": "gpuslice.hardware.inventory",
+    "Layout": "gpuslice.plan.layout",
+    "PoolLayout": "gpuslice.plan.layout",
+    "Slice": "gpuslice.plan.layout",
+    "load_plan": "gpuslice.plan.load",
+    "resolve": "gpuslice.plan.resolve",
+    "Plan": "gpuslice.plan.schema",
     "parsl_config": "gpuslice.parsl.config",
     "gpu_app": "gpuslice.parsl.app",
 }
