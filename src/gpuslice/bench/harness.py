@@ -1,0 +1,321 @@
+"""Run one task list through real Parsl under several arrangements and measure each.
+
+For every arrangement the harness resolves its plan, loads a fresh ``parsl.Config`` made by
+:func:`gpuslice.parsl_config`, starts every worker (warm-up, untimed), submits the whole
+task list at once (a burst, as a FaaS queue sees it), and records for each task the time
+from submission to result. GPU busy time comes from NVML samples on a real GPU, and from
+the emulated kernels' own start/end times (the union per device, what NVML's utilisation
+reports) on the emulated GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuslice.bench.arrangements import Arrangement
+from gpuslice.bench.task import run_task, warm_up
+from gpuslice.bench.workloads import WORKLOADS
+from gpuslice.errors import UsageError
+from gpuslice.hardware.inventory import Inventory
+from gpuslice.plan.layout import Layout
+from gpuslice.plan.resolve import resolve
+
+EMULATED_CONTROL_ENV = "GPUSLICE_MPS_CONTROL"
+EMULATED_CONTROL = "gpuslice-emulated-mps-control"
+
+#: Workload mixes: (workload, size preset, share of the tasks).
+MIXES: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "llm": (("llm", "medium", 1.0),),
+    "surrogate": (("surrogate_infer", "large", 0.75), ("surrogate_train", "medium", 0.25)),
+    "science": (("science", "large", 1.0),),
+    "stencil": (("stencil", "medium", 1.0),),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the list: a workload and its keyword arguments."""
+
+    workload: str
+    params: dict[str, Any] = field(hash=False)
+
+
+def task_list(mix: str, count: int, size: str | None = None) -> list[TaskSpec]:
+    """``count`` tasks of a mix, interleaved deterministically in the mix's proportions.
+
+    Raises:
+        UsageError: unknown mix or size.
+    """
+    if mix not in MIXES:
+        raise UsageError(f"unknown workload mix {mix!r}; choose one of {', '.join(MIXES)}")
+    parts = MIXES[mix]
+    tasks: list[TaskSpec] = []
+    credit = [0.0] * len(parts)
+    for _ in range(count):
+        for i, (_, _, share) in enumerate(parts):
+            credit[i] += share
+        pick = max(range(len(parts)), key=lambda i: credit[i])
+        credit[pick] -= 1.0
+        workload, preset, _ = parts[pick]
+        tasks.append(TaskSpec(workload, WORKLOADS[workload].params(size or preset)))
+    return tasks
+
+
+@dataclass(frozen=True)
+class ArrangementResult:
+    """What one arrangement achieved on the task list.
+
+    Attributes:
+        name, label, family: from the :class:`Arrangement`.
+        workers: Parsl workers (slices) the arrangement ran.
+        tasks: tasks completed; failed: tasks that raised (their errors in ``errors``).
+        wall_s: first submission to last result.
+        throughput: completed tasks per second of ``wall_s``.
+        mean_tct_s, p95_tct_s: task completion time, submission to result.
+        gpu_busy_pct: mean share of time a kernel was running, over the GPUs used.
+        busy_source: ``nvml`` (sampled) or ``emulated kernels`` (their own timestamps).
+        per_device: tasks per device UUID; per_pool: tasks per pool, as the workers saw it.
+    """
+
+    name: str
+    label: str
+    family: str
+    workers: int
+    tasks: int
+    failed: int
+    wall_s: float
+    throughput: float
+    mean_tct_s: float
+    p95_tct_s: float
+    gpu_busy_pct: float | None
+    busy_source: str
+    per_device: dict[str, int]
+    per_pool: dict[str, int]
+    errors: list[str]
+
+
+def _p95(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=20, method="inclusive")[18]
+
+
+def _union_busy(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds in [start, end] covered by at least one interval."""
+    busy, reach = 0.0, start
+    for first, last in sorted(intervals):
+        lo, hi = max(first, reach), min(last, end)
+        if hi > lo:
+            busy += hi - lo
+            reach = hi
+    return busy
+
+
+class _NvmlSampler:
+    """Samples NVML utilisation of the layout's GPUs in a thread (real GPUs only)."""
+
+    def __init__(self, uuids: Sequence[str], period_s: float = 0.1) -> None:
+        self.uuids, self.period_s = list(uuids), period_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from gpuslice.hardware.nvml import device_utilization
+
+        while not self._stop.wait(self.period_s):
+            values = [device_utilization(u) for u in self.uuids]
+            self.samples.append(sum(values) / len(values))
+
+    def __enter__(self) -> _NvmlSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _batches(tasks: Sequence[TaskSpec], size: int) -> list[tuple[TaskSpec, list[int]]]:
+    """Group task indices by workload into calls of ``size`` tasks (order kept)."""
+    if size == 1:
+        return [(t, [i]) for i, t in enumerate(tasks)]
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(
+            json.dumps([t.workload, t.params], sort_keys=True, default=str), []
+        ).append(i)
+    calls = []
+    for indices in groups.values():
+        for k in range(0, len(indices), size):
+            chunk = indices[k : k + size]
+            calls.append((tasks[chunk[0]], chunk))
+    calls.sort(key=lambda call: call[1][0])
+    return calls
+
+
+def _stop_daemons(layout: Layout) -> None:
+    from gpuslice.mps.daemon import stop
+
+    for pipe_dir in sorted({s.mps_pipe_dir for s in layout.slices if s.mps_pipe_dir}):
+        stop(pipe_dir)
+
+
+def run_arrangement(
+    arrangement: Arrangement,
+    tasks: Sequence[TaskSpec],
+    inventory: Inventory,
+    *,
+    fleet: str | None = None,
+    run_dir: str | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> ArrangementResult:
+    """Run ``tasks`` under one arrangement through real Parsl and measure it.
+
+    Args:
+        arrangement: the plan and batching to use.
+        tasks: the task list (the same for every arrangement of a comparison).
+        inventory: the GPUs (NVML or an emulated fleet).
+        fleet: the fleet file behind an emulated inventory.
+        run_dir: Parsl's run directory (a temporary one by default).
+        on_done: called with the number of tasks each finished call completed (progress).
+    """
+    import parsl
+    from gpuslice.parsl.app import gpu_app
+    from gpuslice.parsl.config import parsl_config
+
+    emulated = inventory.emulated
+    if emulated:  # this process stops the emulated daemons the workers started
+        os.environ.setdefault(EMULATED_CONTROL_ENV, EMULATED_CONTROL)
+    layout = resolve(json.dumps(arrangement.plan), inventory)
+    workers = len(layout.slices)
+    run_dir = run_dir or tempfile.mkdtemp(prefix="gpuslice-bench-")
+    parsl.clear()
+    dfk = parsl.load(parsl_config(layout, run_dir=run_dir))
+    try:
+        pools = layout.pool_names
+        task_apps = {p: gpu_app(pool=p)(run_task) for p in pools}
+        warm_futures = []
+        for pool in pools:
+            warm_app = gpu_app(pool=pool)(warm_up)
+            routed = [t for t in tasks if arrangement.pool_for(t.workload) == pool] or list(tasks)
+            first = routed[0]
+            slots = len(layout.pool(pool).slices)
+            warm_futures += [
+                warm_app(first.workload, first.params, emulated) for _ in range(2 * slots)
+            ]
+        for warm in warm_futures:
+            warm.result()
+
+        calls = _batches(tasks, arrangement.batch)
+        done_at: dict[int, float] = {}
+        submitted: list[float] = [0.0] * len(tasks)
+        futures: list[tuple[Future[Any], list[int]]] = []
+        lock = threading.Lock()
+
+        def finished(indices: list[int]) -> Callable[[Future[Any]], None]:
+            def record(_: Future[Any]) -> None:
+                now = time.perf_counter()
+                with lock:
+                    for i in indices:
+                        done_at[i] = now
+                if on_done is not None:
+                    on_done(len(indices))
+
+            return record
+
+        sampler = (
+            _NvmlSampler(sorted({s.gpu_uuid for s in layout.slices})) if not emulated else None
+        )
+        wall_start_epoch = time.time()
+        start = time.perf_counter()
+        if sampler is not None:
+            sampler.__enter__()
+        try:
+            for spec, indices in calls:
+                now = time.perf_counter()
+                for i in indices:
+                    submitted[i] = now
+                app = task_apps[arrangement.pool_for(spec.workload)]
+                submitted_future = app(spec.workload, spec.params, emulated, len(indices))
+                submitted_future.add_done_callback(finished(indices))
+                futures.append((submitted_future, indices))
+            results: list[dict[str, Any]] = []
+            errors: list[str] = []
+            failed = 0
+            for future, indices in futures:
+                try:
+                    results.append(future.result())
+                except Exception as err:  # a failed task is a measurement, not a crash
+                    failed += len(indices)
+                    errors.append(f"{type(err).__name__}: {err}")
+        finally:
+            if sampler is not None:
+                sampler.__exit__()
+        end = max(done_at.values())
+        wall = end - start
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+        _stop_daemons(layout)
+
+    tct = [done_at[i] - submitted[i] for i in range(len(tasks)) if i in done_at]
+    per_device = Counter(r["device"] for r in results for _ in range(r["batch"]))
+    per_pool = Counter(r["pool"] or "?" for r in results for _ in range(r["batch"]))
+    if sampler is not None:
+        busy = statistics.fmean(sampler.samples) if sampler.samples else None
+        source = "nvml"
+    else:
+        wall_end_epoch = wall_start_epoch + wall
+        devices = sorted({s.gpu_uuid for s in layout.slices})
+        shares = [
+            _union_busy(
+                [(r["start"], r["end"]) for r in results if r["device"] == d],
+                wall_start_epoch,
+                wall_end_epoch,
+            )
+            / wall
+            for d in devices
+        ]
+        busy = 100 * statistics.fmean(shares) if shares else None
+        source = "emulated kernels"
+    completed = len(tasks) - failed
+    return ArrangementResult(
+        name=arrangement.name,
+        label=arrangement.label,
+        family=arrangement.family,
+        workers=workers,
+        tasks=completed,
+        failed=failed,
+        wall_s=wall,
+        throughput=completed / wall if wall > 0 else 0.0,
+        mean_tct_s=statistics.fmean(tct) if tct else float("nan"),
+        p95_tct_s=_p95(tct),
+        gpu_busy_pct=busy,
+        busy_source=source,
+        per_device=dict(per_device),
+        per_pool=dict(per_pool),
+        errors=errors[:5],
+    )
+
+
+def result_dict(result: ArrangementResult) -> dict[str, Any]:
+    """Plain-JSON form of one arrangement's result."""
+    return asdict(result)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON with a trailing newline, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
