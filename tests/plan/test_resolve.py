@@ -221,3 +221,11 @@ def test_example_plans_resolve_on_example_fleets(examples: Path) -> None:
     two = resolve(examples / "plan-two-pools.yaml", discover(examples / "fleet-2xh100.yaml"))
     assert len(two.pool("llm").slices) == 4
     assert len(two.pool("surrogate").slices) == 8
+
+
+def test_mig_pools_with_a_count_claim_first_whatever_the_order(fleet: Fleet) -> None:
+    inv = fleet({"model": "A100-40GB", "mig": ["1g.5gb"] * 7})
+    layout = resolve("rest=mig:1g.5gb, two=2x mig:1g.5gb", inv)
+    assert layout.pool_names == ("rest", "two")
+    assert len(layout.pool("two").slices) == 2
+    assert len(layout.pool("rest").slices) == 5

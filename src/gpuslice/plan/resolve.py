@@ -102,12 +102,22 @@ class _Resolver:
 
     def resolve(self) -> Layout:
         pools: list[PoolLayout] = []
-        for name, pool in self.plan.pools.items():
+        # MIG pools with an explicit count claim their instances first, so a pool that takes
+        # "every instance" gets what is left whatever the pools' order in the file.
+        order = sorted(
+            self.plan.pools,
+            key=lambda n: 0 if (m := self.plan.pools[n].mig) is not None and m.count else 1,
+        )
+        built: dict[str, list[Slice]] = {}
+        for name in order:
+            pool = self.plan.pools[name]
             gpus, explicit = self.pool_gpus(name, pool)
             if pool.mig is not None:
-                slices = self.mig_pool(name, pool, gpus, explicit)
+                built[name] = self.mig_pool(name, pool, gpus, explicit)
             else:
-                slices = self.whole_gpu_pool(name, pool, gpus, explicit)
+                built[name] = self.whole_gpu_pool(name, pool, gpus, explicit)
+        for name, pool in self.plan.pools.items():
+            slices = built[name]
             if not slices and not any(
                 p.location.startswith(f"pools.{name}") for p in self.problems
             ):
