@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gpuslice.cli.console import err_console
 from gpuslice.cli.options import console, json_option, print_json
 from gpuslice.errors import UsageError
 
@@ -41,8 +42,9 @@ def demo(fleet: str | None, plan_source: str | None, tasks: int, as_json: bool) 
     """
     from gpuslice.demo import print_demo, run_demo
 
+    # With --json, stdout carries only the JSON; notices and progress go to stderr.
     result = run_demo(
-        fleet=fleet, plan=plan_source, tasks=tasks, console=console, show_progress=not as_json
+        fleet=fleet, plan=plan_source, tasks=tasks, console=err_console if as_json else console
     )
     if as_json:
         print_json(result.to_dict())
@@ -116,6 +118,7 @@ def bench(
     Writes <workload>-<device>.json/.png/.md under --out, with device, driver, CUDA, torch and
     package versions and the date.
     """
+    notices = err_console if as_json else console  # stdout carries only the JSON
     from gpuslice.bench.arrangements import by_name, standard
     from gpuslice.bench.compare import run_comparison, write_outputs
     from gpuslice.bench.harness import task_list
@@ -130,7 +133,7 @@ def bench(
             if not smoke:
                 raise UsageError(f"{err}; or use --smoke for the emulated quick check") from err
             fleet = example_path("fleet-1xh100.yaml")
-            console.print(
+            notices.print(
                 f"[yellow]No GPU here[/]: smoke run on the emulated GPU ({fleet}); "
                 "timings follow the emulation model, not real hardware."
             )
@@ -156,9 +159,7 @@ def bench(
     task_specs = task_list(workload, count, size)
     device = "emulated" if inventory.emulated else inventory.gpus[0].name.replace(" ", "-")
     stem = f"{workload}-{device}{'-smoke' if smoke else ''}"
-    results = run_comparison(
-        arrangements, task_specs, inventory, fleet=fleet, console=console, show_progress=not as_json
-    )
+    results = run_comparison(arrangements, task_specs, inventory, fleet=fleet, console=notices)
     title = f"{workload}: {count} tasks on {len(inventory.gpus)}x {inventory.gpus[0].name}" + (
         " (emulated)" if inventory.emulated else ""
     )
