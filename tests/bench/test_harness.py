@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,11 +75,20 @@ def test_run_task_on_the_emulated_gpu_reports_its_interval(
     assert 0.02 < out["end"] - out["start"] < 1.0  # llm small: ~27 ms of modelled GPU time
 
 
+@pytest.fixture
+def mps_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short private MPS root (unix socket paths are limited to about 107 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix="gsb-", dir="/tmp"))
+    monkeypatch.setenv("GPUSLICE_MPS_ROOT", str(root))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("mps_root")
 def test_bench_smoke_runs_every_arrangement_through_parsl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GPUSLICE_MPS_ROOT", str(Path("/tmp") / f"gs-bench-{tmp_path.name[-8:]}"))
     monkeypatch.setenv("GPUSLICE_EMULATE_DIR", str(tmp_path / "emulate"))
     fleet = (
         Path(__file__).resolve().parents[2] / "src" / "gpuslice" / "examples" / "fleet-1xh100.yaml"
@@ -121,10 +133,10 @@ def test_bench_smoke_runs_every_arrangement_through_parsl(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("mps_root")
 def test_demo_reports_both_runs_and_their_ratio(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GPUSLICE_MPS_ROOT", str(Path("/tmp") / f"gs-demo-{tmp_path.name[-8:]}"))
     monkeypatch.setenv("GPUSLICE_EMULATE_DIR", str(tmp_path / "emulate"))
     monkeypatch.delenv("GPUSLICE_FLEET", raising=False)
     result = CliRunner().invoke(cli, ["demo", "--tasks", "12", "--json"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -200,6 +201,7 @@ def run_arrangement(
         os.environ.setdefault(EMULATED_CONTROL_ENV, EMULATED_CONTROL)
     layout = resolve(json.dumps(arrangement.plan), inventory)
     workers = len(layout.slices)
+    owned_run_dir = run_dir is None
     run_dir = run_dir or tempfile.mkdtemp(prefix="gpuslice-bench-")
     parsl.clear()
     dfk = parsl.load(parsl_config(layout, run_dir=run_dir))
@@ -269,6 +271,8 @@ def run_arrangement(
         dfk.cleanup()
         parsl.clear()
         _stop_daemons(layout)
+        if owned_run_dir:  # Parsl's logs of a throw-away run; pass run_dir to keep them
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     tct = [done_at[i] - submitted[i] for i in range(len(tasks)) if i in done_at]
     per_device = Counter(r["device"] for r in results for _ in range(r["batch"]))
