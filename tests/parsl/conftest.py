@@ -1,0 +1,87 @@
+"""Fixtures for the Parsl layer: a real Parsl run on the emulated GPU.
+
+Unix socket paths (the emulated MPS daemon's) are limited to about 107 bytes, so MPS
+directories live in a short directory under /tmp. Every fixture that loads Parsl cleans the
+DataFlowKernel up, clears it, and stops the MPS daemons it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from parsl.dataflow.dflow import DataFlowKernelLoader
+from parsl.providers import LocalProvider
+
+from gpuslice.mps import daemon
+from gpuslice.mps.control import CONTROL_ENV, EMULATED_PROGRAM
+from gpuslice.parsl.config import parsl_config
+from gpuslice.plan.layout import Layout
+
+REPO = Path(__file__).resolve().parents[2]
+FLEET_2XH100 = str(REPO / "src" / "gpuslice" / "examples" / "fleet-2xh100.yaml")
+
+
+@contextmanager
+def emulated_environment() -> Iterator[Path]:
+    """Short private MPS and emulator directories in os.environ, restored afterwards."""
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="gsp-"))
+    names = ("GPUSLICE_MPS_ROOT", "GPUSLICE_EMULATE_DIR", CONTROL_ENV)
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["GPUSLICE_MPS_ROOT"] = str(root / "mps")
+    os.environ["GPUSLICE_EMULATE_DIR"] = str(root / "emu")
+    # This process stops the daemons afterwards, through the same emulated control program.
+    os.environ[CONTROL_ENV] = EMULATED_PROGRAM
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def loaded(plan: str, root: Path, **options: object) -> Iterator[Layout]:
+    """parsl.load a gpuslice config of ``plan`` on two emulated H100s; clean up afterwards."""
+    from gpuslice.parsl.config import layout_of
+
+    layout = layout_of(plan, FLEET_2XH100)
+    # The user's own worker_init (kept by gpuslice, run first) lets workers import the test
+    # modules whose functions they run, as a user's would activate their environment.
+    provider = LocalProvider(
+        init_blocks=1, min_blocks=1, max_blocks=1, worker_init=f"export PYTHONPATH={REPO}"
+    )
+    config = parsl_config(
+        plan,
+        fleet=FLEET_2XH100,
+        provider=provider,
+        run_dir=str(root / "runinfo"),
+        **options,
+    )
+    DataFlowKernelLoader.load(config)
+    try:
+        yield layout
+    finally:
+        # parsl.dfk().cleanup() and parsl.clear(), named through their class: ruff takes a bare
+        # `import parsl` here for this tests/parsl package.
+        try:
+            DataFlowKernelLoader.dfk().cleanup()
+        finally:
+            DataFlowKernelLoader.clear()
+            for pipe_dir in sorted({d for pool in layout.pools for d in pool.pipe_dirs}):
+                daemon.stop(pipe_dir, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def parsl_root() -> Iterator[Path]:
+    """A module's emulated environment (one Parsl load per module keeps the tests fast)."""
+    with emulated_environment() as root:
+        yield root

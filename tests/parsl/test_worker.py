@@ -1,0 +1,87 @@
+"""prepare_worker: a worker refuses to run a task outside the slice its plan gives it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuslice.emulate.kernel import EmulatedDevice, register_devices
+from gpuslice.errors import MpsError
+from gpuslice.parsl.worker import SliceCheckError, current_slice, in_slice, prepare_worker
+from tests.parsl.conftest import emulated_environment
+
+GPU = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
+
+
+@pytest.fixture(autouse=True)
+def _device() -> Iterator[Path]:
+    with emulated_environment() as root:
+        register_devices({GPU: EmulatedDevice(GPU, 132, 81559, "emulated H100")})
+        yield root
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    return {
+        "GPUSLICE_POOL": "small",
+        "CUDA_VISIBLE_DEVICES": GPU,
+        "GPUSLICE_EMULATED": "1",
+        **extra,
+    }
+
+
+def test_a_slice_whose_limit_did_not_apply_is_refused() -> None:
+    # An MPS slice that sees the whole GPU: the limit was lost (no daemon reached).
+    env = worker_env(GPUSLICE_EXPECTED_SMS=f"{GPU}=32", CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="25")
+    with pytest.raises(SliceCheckError, match=r"sees 132 SMs.*should see 32.*did not apply"):
+        prepare_worker(env)
+
+
+def test_a_slice_that_sees_its_planned_sms_passes() -> None:
+    check = prepare_worker(worker_env(GPUSLICE_EXPECTED_SMS=f"{GPU}=132"))
+    assert (check.pool, check.visible_sms, check.expected_sms, check.source) == (
+        "small",
+        132,
+        132,
+        "emulated",
+    )
+
+
+def test_an_mps_worker_whose_daemon_does_not_answer_is_refused(tmp_path: Path) -> None:
+    env = worker_env(GPUSLICE_MPS_PIPE_DIRS=f"{GPU}=/tmp/gs-no-daemon-here/pipe")
+    with pytest.raises(MpsError, match="does not answer"):
+        prepare_worker(env)
+
+
+def test_a_pool_worker_without_a_device_is_refused() -> None:
+    env = worker_env()
+    del env["CUDA_VISIBLE_DEVICES"]
+    with pytest.raises(SliceCheckError, match="no CUDA_VISIBLE_DEVICES"):
+        prepare_worker(env)
+
+
+def test_outside_a_gpuslice_pool_nothing_is_checked() -> None:
+    check = prepare_worker({"CUDA_VISIBLE_DEVICES": GPU})
+    assert check.pool is None
+    assert check.visible_sms is None
+
+
+def test_the_wrapped_function_keeps_its_name_and_runs_after_the_check() -> None:
+    def double(x: int) -> int:
+        """Twice x."""
+        return 2 * x
+
+    wrapped = in_slice(double)
+    assert (wrapped.__name__, wrapped.__doc__) == ("double", "Twice x.")
+    assert wrapped(21) == 42
+
+
+def test_current_slice_reports_the_slice_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU)
+    monkeypatch.setenv("GPUSLICE_POOL", "small")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    seen = current_slice()
+    assert seen["CUDA_VISIBLE_DEVICES"] == GPU
+    assert seen["GPUSLICE_POOL"] == "small"
+    assert seen["CUDA_MPS_PIPE_DIRECTORY"] is None
