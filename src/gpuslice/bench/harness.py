@@ -193,6 +193,7 @@ def run_arrangement(
         on_done: called with the number of tasks each finished call completed (progress).
     """
     import parsl
+
     from gpuslice.parsl.app import gpu_app
     from gpuslice.parsl.config import parsl_config
 
