@@ -13,14 +13,20 @@ from gpuslice.hardware.inventory import Inventory, discover
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-fleet_option = click.option(
-    "--fleet",
-    type=click.Path(dir_okay=False),
-    envvar="GPUSLICE_FLEET",
-    default=None,
-    help="Fleet YAML describing GPUs that are not here (emulated GPU); "
-    "default: the real GPUs through NVML. Env: GPUSLICE_FLEET.",
-)
+
+def fleet_option_with(help_text: str) -> Callable[[F], F]:
+    """The --fleet option (env GPUSLICE_FLEET) with a command's own description of its default."""
+    return click.option(
+        "--fleet",
+        type=click.Path(dir_okay=False),
+        envvar="GPUSLICE_FLEET",
+        default=None,
+        help=f"Fleet YAML describing GPUs that are not here (emulated GPU); {help_text} "
+        "Env: GPUSLICE_FLEET.",
+    )
+
+
+fleet_option = fleet_option_with("default: the real GPUs through NVML.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -34,4 +40,4 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-__all__ = ["console", "fleet_option", "inventory", "json_option", "print_json"]
+__all__ = ["console", "fleet_option", "fleet_option_with", "inventory", "json_option", "print_json"]

@@ -7,18 +7,12 @@ from pathlib import Path
 import click
 
 from gpuslice.cli.console import err_console
-from gpuslice.cli.options import console, json_option, print_json
+from gpuslice.cli.options import console, fleet_option_with, json_option, print_json
 from gpuslice.errors import UsageError
 
 
 @click.command()
-@click.option(
-    "--fleet",
-    type=click.Path(dir_okay=False),
-    envvar="GPUSLICE_FLEET",
-    default=None,
-    help="Fleet YAML (emulated GPU). Default: the real GPUs, else two emulated H100s.",
-)
+@fleet_option_with("default: the real GPUs, else two emulated H100s.")
 @click.option(
     "--plan",
     "plan_source",
@@ -83,13 +77,7 @@ def demo(fleet: str | None, plan_source: str | None, tasks: int, as_json: bool) 
     show_default=True,
     help="Folder for the JSON, PNG and markdown results.",
 )
-@click.option(
-    "--fleet",
-    type=click.Path(dir_okay=False),
-    envvar="GPUSLICE_FLEET",
-    default=None,
-    help="Fleet YAML (emulated GPU). Default: the real GPUs through NVML.",
-)
+@fleet_option_with("default: the real GPUs through NVML.")
 @click.option(
     "--smoke",
     is_flag=True,
