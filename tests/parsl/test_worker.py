@@ -85,3 +85,18 @@ def test_current_slice_reports_the_slice_variables(monkeypatch: pytest.MonkeyPat
     assert seen["CUDA_VISIBLE_DEVICES"] == GPU
     assert seen["GPUSLICE_POOL"] == "small"
     assert seen["CUDA_MPS_PIPE_DIRECTORY"] is None
+
+
+@pytest.mark.parametrize(
+    ("expected", "accepted"), [(132, True), (133, True), (134, True), (135, False)]
+)
+def test_one_sm_granule_below_the_plan_is_accepted_and_no_more(
+    expected: int, accepted: bool
+) -> None:
+    # The emulated worker sees 132 SMs; the plan's figure may exceed it by one granule (2 SMs).
+    env = worker_env(GPUSLICE_EXPECTED_SMS=f"{GPU}={expected}")
+    if accepted:
+        assert prepare_worker(env).visible_sms == 132
+    else:
+        with pytest.raises(SliceCheckError, match="fewer SMs than planned"):
+            prepare_worker(env)

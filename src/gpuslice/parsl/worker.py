@@ -12,8 +12,8 @@ before the user's function runs for the first time in a worker process,
    (``torch.cuda.get_device_properties(0).multi_processor_count`` on a real GPU when torch is
    there, :func:`gpuslice.emulate.kernel.visible_sm_count` on the emulated GPU) against the
    plan's ``GPUSLICE_EXPECTED_SMS`` for the device. MPS rounds a percentage down to a number of
-   SMs the hardware supports, so one SM below the plan's figure is accepted; anything else
-   raises :class:`SliceCheckError`.
+   SMs the hardware supports, so up to one granule (:data:`SM_ROUNDING`) below the plan's
+   figure is accepted; anything else raises :class:`SliceCheckError`.
 
 The result is cached per process: later tasks in the same worker pay one dictionary lookup.
 """
@@ -31,6 +31,7 @@ from typing import ParamSpec, TypeVar
 
 from gpuslice.errors import GpusliceError
 from gpuslice.mps import env as mps_env
+from gpuslice.mps.limits import SM_GRANULARITY
 
 __all__ = [
     "SliceCheck",
@@ -50,9 +51,10 @@ logger = logging.getLogger(__name__)
 EXPECTED_SMS_ENV = "GPUSLICE_EXPECTED_SMS"
 EMULATED_ENV = "GPUSLICE_EMULATED"
 
-#: MPS rounds a thread percentage down to a hardware granule; the plan's figure is
-#: ``floor(SMs * percentage / 100)``, so the SMs CUDA reports may be this many below it.
-SM_ROUNDING = 1
+#: MPS rounds a thread percentage down to a hardware granule. The plan's figure already
+#: rounds down to whole SM pairs (gpuslice.mps.limits), but that granularity was observed by
+#: third parties, not documented by NVIDIA, so CUDA may report up to one granule fewer.
+SM_ROUNDING = SM_GRANULARITY
 
 #: Variables :func:`current_slice` reports.
 SLICE_VARS = (
