@@ -93,6 +93,22 @@ def test_instances_that_cannot_fit_even_on_an_empty_gpu_are_refused(fleet: Fleet
         plan_commands(assert_layout("big=3x mig:3g.20gb", inv), inv)
 
 
+def test_a_plan_that_cannot_fit_with_what_it_keeps_is_refused_as_a_whole(fleet: Fleet) -> None:
+    # 2x 3g.20gb + 1g.5gb need 9 memory slices: no instance is worth destroying.
+    inv = fleet({"model": "A100-40GB", "mig": ["3g.20gb", "1g.5gb"]})
+    with pytest.raises(MigError, match="1g.5gb, 3g.20gb, 3g.20gb on this GPU, which cannot fit"):
+        plan_commands(assert_layout("a=2x mig:3g.20gb, b=mig:1g.5gb", inv), inv)
+
+
+def test_only_instances_the_plan_does_not_use_are_named_to_destroy(fleet: Fleet) -> None:
+    inv = fleet({"model": "A100-40GB", "mig": ["2g.10gb", "1g.5gb", "1g.5gb", "3g.20gb"]})
+    with pytest.raises(MigError) as err:
+        plan_commands(assert_layout("a=2x mig:3g.20gb", inv), inv)
+    message = str(err.value)
+    assert "3g.20gb at memory slice 4" not in message  # the plan keeps using that one
+    assert message.count("GPU instance") == 3  # the 2g.10gb and both 1g.5gb in slices 0-3
+
+
 def test_unknown_placements_are_checked_by_counts_and_said_so(fleet: Fleet) -> None:
     inv = fleet({"model": "A100-40GB", "mig": ["1g.5gb"]})
     gpu = inv.gpus[0]

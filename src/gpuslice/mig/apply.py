@@ -131,12 +131,15 @@ def _fits(model: GpuModel, existing: Sequence[_Instance], missing: Sequence[str]
 
 
 def _to_destroy(
-    model: GpuModel, existing: Sequence[_Instance], missing: Sequence[str]
+    model: GpuModel,
+    candidates: Sequence[_Instance],
+    missing: Sequence[str],
+    kept: Sequence[_Instance] = (),
 ) -> list[_Instance] | None:
-    """The fewest existing instances whose removal would let ``missing`` fit, or None."""
-    for size in range(1, len(existing) + 1):
-        for combo in itertools.combinations(existing, size):
-            keep = [e for e in existing if e not in combo]
+    """The fewest ``candidates`` whose removal would let ``missing`` fit beside the rest."""
+    for size in range(1, len(candidates) + 1):
+        for combo in itertools.combinations(candidates, size):
+            keep = [*kept, *(e for e in candidates if e not in combo)]
             if _fits(model, keep, missing):
                 return list(combo)
     return None
@@ -156,7 +159,21 @@ def _refuse_mig_mode_off(diff: MigDiff) -> None:
     )
 
 
-def _gpu_commands(gpu: Gpu, missing: Sequence[str]) -> tuple[list[str], list[str]]:
+def _surplus(existing: Sequence[_Instance], required: Sequence[str]) -> list[_Instance]:
+    """Existing instances the plan does not need (the only ones worth naming to destroy)."""
+    wanted = list(required)
+    spare = []
+    for instance in existing:
+        if instance.profile in wanted:
+            wanted.remove(instance.profile)
+        else:
+            spare.append(instance)
+    return spare
+
+
+def _gpu_commands(
+    gpu: Gpu, missing: Sequence[str], required: Sequence[str]
+) -> tuple[list[str], list[str]]:
     """The create command for one GPU, and notes; MigError when the instances do not fit."""
     model = gpu.model
     if model is None:
@@ -176,14 +193,17 @@ def _gpu_commands(gpu: Gpu, missing: Sequence[str]) -> tuple[list[str], list[str
         )
     notes: list[str] = []
     if not _fits(model, existing, missing):
-        alone = placement_problem(model, list(missing))
+        alone = placement_problem(model, list(required))
         if alone is not None:
             raise MigError(
                 f"GPU {gpu.index} ({model.name}): the plan's MIG pools need "
-                f"{', '.join(missing)} more, which cannot fit on one GPU even when empty "
-                f"({alone}); lower mig.count or use smaller profiles"
+                f"{', '.join(required)} on this GPU, which cannot fit on one GPU even when "
+                f"empty ({alone}); lower mig.count or use smaller profiles"
             )
-        victims = _to_destroy(model, existing, missing) or existing
+        spare = _surplus(existing, required)
+        kept = [e for e in existing if e not in spare]
+        # Only instances the plan does not use are worth destroying; keep the others.
+        victims = [*(_to_destroy(model, spare, missing, kept) or spare)]
         listing = "\n".join(f"  - {v}" for v in victims)
         raise MigError(
             f"GPU {gpu.index} ({model.name}): {', '.join(missing)} do not fit beside the "
@@ -213,7 +233,7 @@ def _plan(diff: MigDiff, inventory: Inventory) -> tuple[list[list[str]], list[st
                 f"GPU {entry.index} of the diff is not in this inventory; assert and apply "
                 "against the same GPUs"
             )
-        command, gpu_notes = _gpu_commands(gpu, entry.missing)
+        command, gpu_notes = _gpu_commands(gpu, entry.missing, entry.required)
         commands.append(command)
         notes.extend(gpu_notes)
     return commands, notes
