@@ -192,3 +192,10 @@ def test_compact_form_errors_are_located() -> None:
 def test_compact_form_values_are_checked_by_the_schema() -> None:
     found = problems("a=2x mps:150%")
     assert found[0].startswith("pools.a.mps.compute")
+
+
+def test_a_directory_or_missing_path_is_named_as_a_file_problem(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="it is a directory"):
+        load_plan(str(tmp_path))
+    with pytest.raises(UsageError, match="cannot read plan file"):
+        load_plan(str(tmp_path / "plans" / "small"))

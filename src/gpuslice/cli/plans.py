@@ -8,6 +8,7 @@ from rich.table import Table
 from gpuslice.cli.options import console, fleet_option, inventory, json_option, print_json
 from gpuslice.errors import UsageError
 from gpuslice.plan.layout import Layout
+from gpuslice.plan.load import load_plan
 from gpuslice.plan.resolve import resolve
 from gpuslice.sizes import format_mib
 
@@ -18,7 +19,8 @@ def plan() -> None:
 
 
 def _layout(plan_source: str, fleet: str | None) -> Layout:
-    return resolve(plan_source, inventory(fleet))
+    plan = load_plan(plan_source)  # a plan's own problems come before the hardware's
+    return resolve(plan, inventory(fleet))
 
 
 @plan.command()

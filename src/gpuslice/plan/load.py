@@ -203,6 +203,14 @@ def _pool_name_problems(pools: Any, marks: Marks) -> list[Problem]:
     ]
 
 
+def _looks_like_path(text: str) -> bool:
+    """A one-line source that names a file rather than holding a plan."""
+    line = text.strip()
+    if "\n" in line or looks_compact(line) or line.startswith(("{", "[")):
+        return False
+    return line.endswith((".yaml", ".yml", ".json")) or "/" in line or Path(line).exists()
+
+
 def load_plan(source: str | Path | Plan) -> Plan:
     """Load a plan from a path, YAML text, or the compact form.
 
@@ -216,16 +224,15 @@ def load_plan(source: str | Path | Plan) -> Plan:
     """
     if isinstance(source, Plan):
         return source
-    if isinstance(source, Path) or (
-        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
-    ):
+    if isinstance(source, Path) or _looks_like_path(source):
         path = Path(source)
         try:
             text = path.read_text()
         except OSError as err:
             from gpuslice.errors import UsageError
 
-            raise UsageError(f"cannot read plan file {str(path)!r}: {err.strerror}") from err
+            reason = "it is a directory" if path.is_dir() else err.strerror
+            raise UsageError(f"cannot read plan file {str(path)!r}: {reason}") from err
         data, marks = read_yaml(text, source=str(path))
         return plan_from_data(data, source=str(path), marks=marks)
     if looks_compact(source):
