@@ -123,10 +123,16 @@ def test_bench_smoke_runs_every_arrangement_through_parsl(
         assert arrangement["tasks"] == 16
         assert arrangement["throughput"] > 0
     by = {a["name"]: a for a in data["arrangements"]}
-    # The emulation model: LLM decoding keeps few SMs busy, so MPS slices run requests
-    # concurrently while time-slicing does not (docs/emulation-model.md).
-    assert by["gpuslice-4"]["throughput"] > 1.5 * by["one-per-gpu"]["throughput"]
-    assert by["gpuslice-4"]["throughput"] > 1.5 * by["timeshare-4"]["throughput"]
+    # The emulation model (docs/emulation-model.md): LLM decoding runs kernels about 17% of
+    # its time (duty) on about 40% of the SMs (occupancy). Four MPS slices run requests
+    # concurrently; so do four time-shared workers, whose kernels fill each other's host gaps
+    # (duties sum to 0.67 < 1). A 25% slice caps the 40% occupancy, which the model says
+    # costs each request about 10% (rate 0.90), so gpuslice-4 is close to timeshare-4, not
+    # 1.5x ahead of it; both are far ahead of one task per GPU (about 3.6x in the model).
+    one = by["one-per-gpu"]["throughput"]
+    assert by["gpuslice-4"]["throughput"] > 1.5 * one
+    assert by["timeshare-4"]["throughput"] > 1.5 * one
+    assert by["gpuslice-4"]["throughput"] > 0.75 * by["timeshare-4"]["throughput"]
     assert Path(paths["png"]).stat().st_size > 10_000
     assert "| gpuslice: 4 slices/GPU" in Path(paths["md"]).read_text()
     assert data["comparisons"]["best_gpuslice"] == "gpuslice-4"

@@ -219,8 +219,41 @@ def test_emulated_parallelism_is_a_fraction_of_the_sms(name: str, size: str) -> 
     assert cost.memory_mib > workloads.CUDA_CONTEXT_MIB
 
 
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+@pytest.mark.parametrize("size", SIZES)
+def test_emulated_duty_and_occupancy_are_fractions_whose_product_is_parallelism(
+    name: str, size: str
+) -> None:
+    cost = WORKLOADS[name].cost(size)
+    assert 0 < cost.duty <= 1
+    # Every kernel keeps at least one SM busy while it runs.
+    assert 1 / workloads.H100_SM_COUNT <= cost.occupancy <= 1
+    assert cost.parallelism == pytest.approx(cost.duty * cost.occupancy)
+
+
+def test_duty_counts_launch_overhead_as_host_time_and_occupancy_weights_by_run_time() -> None:
+    bandwidth = workloads.HBM_BANDWIDTH * workloads.MEMORY_EFFICIENCY
+    launch = workloads.LAUNCH_OVERHEAD_S
+    # A 10 us kernel on all SMs, and a launch-bound one running 2.5 us of its 5 us on a quarter.
+    full = workloads._Kernels(1, 0, 2 * launch * bandwidth, workloads.H100_SM_COUNT)
+    small = workloads._Kernels(1, 0, launch / 2 * bandwidth, workloads.H100_SM_COUNT / 4)
+    cost = workloads._total([full, small], 0)
+    assert cost.work_ms == pytest.approx(15e-3)
+    assert cost.duty == pytest.approx(12.5 / 15)
+    assert cost.occupancy == pytest.approx((10 + 2.5 / 4) / 12.5)
+    assert cost.parallelism == pytest.approx((10 + 2.5 / 4) / 15)
+
+
+def test_llm_decoding_mostly_waits_for_the_host() -> None:
+    # One prompt at a time: every size's kernels run well under half of the task's time.
+    for size in SIZES:
+        assert WORKLOADS["llm"].cost(size).duty < 0.4, size
+    assert WORKLOADS["llm"].cost("medium").occupancy > 0.3  # its GEMVs do spread over SMs
+
+
 def test_full_science_kernel_fills_the_gpu_and_tiny_one_does_not() -> None:
-    assert WORKLOADS["science"].cost("full").parallelism == 1.0
+    full = WORKLOADS["science"].cost("full")
+    assert (full.duty, full.occupancy, full.parallelism) == (1.0, 1.0, 1.0)
     assert WORKLOADS["science"].cost("tiny").parallelism < 0.1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -32,6 +33,8 @@ from gpuslice.errors import UsageError
 GPU_A = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
 GPU_B = "GPU-bbbbbbbb-0000-0000-0000-000000000002"
 MIG_1 = "MIG-cccccccc-0000-0000-0000-000000000003"
+TASK_KEYS = ("WORK", "PAR", "DUTY")
+RUNS = itertools.count()
 SLICE_VARIABLES = (
     "CUDA_VISIBLE_DEVICES",
     "CUDA_MPS_PIPE_DIRECTORY",
@@ -53,7 +56,8 @@ CHILD = textwrap.dedent(
     print("ready", flush=True)
     while not os.path.exists(sys.argv[1]):
         time.sleep(0.002)
-    result = kernel(float(sys.argv[2]), float(sys.argv[3]))
+    duty = float(sys.argv[4]) if sys.argv[4] else None
+    result = kernel(float(sys.argv[2]), duty=duty, occupancy=float(sys.argv[3]))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
     """
 )
@@ -92,12 +96,16 @@ def fake_mps_daemon(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[dict
 
 
 def run_together(tmp_path: Path, jobs: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Start one child per job (its extra environment and WORK/PAR), release them at once."""
-    go = tmp_path / "go"
+    """Start one child per job (its extra environment and WORK/PAR/DUTY), release them at once.
+
+    PAR is the occupancy; without DUTY the kernel runs all the time (duty 1).
+    """
+    go = tmp_path / f"go-{next(RUNS)}"
     children = []
     for job in jobs:
-        env = {**os.environ, **{k: v for k, v in job.items() if k not in ("WORK", "PAR")}}
-        command = [sys.executable, "-c", CHILD, str(go), job["WORK"], job.get("PAR", "1.0")]
+        env = {**os.environ, **{k: v for k, v in job.items() if k not in TASK_KEYS}}
+        task = [job["WORK"], job.get("PAR", "1.0"), job.get("DUTY", "")]
+        command = [sys.executable, "-c", CHILD, str(go), *task]
         children.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
     for child in children:
         assert child.stdout is not None
@@ -129,6 +137,63 @@ def test_two_processes_time_sharing_a_device_each_take_twice_as_long(tmp_path: P
     for result in results:
         assert result["mode"] == "timeshare"
         assert expected * 0.8 < result["duration_ms"] < expected * 1.35
+
+
+def test_time_shared_launch_bound_kernels_overlap_while_compute_bound_ones_take_turns(
+    tmp_path: Path,
+) -> None:
+    work = 300.0
+    # Kernels running 20% of the time (the rest is host launch overhead): duties sum to 0.4,
+    # so each fills the other's gaps and both finish in about work_ms.
+    launch_bound = run_together(
+        tmp_path,
+        [{"CUDA_VISIBLE_DEVICES": GPU_A, "WORK": str(work), "DUTY": "0.2"} for _ in range(2)],
+    )
+    # Kernels running all the time: they take turns, about 2 x work_ms / 0.95 each.
+    compute_bound = run_together(
+        tmp_path,
+        [{"CUDA_VISIBLE_DEVICES": GPU_A, "WORK": str(work), "DUTY": "1.0"} for _ in range(2)],
+    )
+    for result in launch_bound:
+        assert result["mode"] == "timeshare"
+        assert result["duty"] == 0.2
+        assert work <= result["duration_ms"] < work * 1.4
+    for result in compute_bound:
+        assert result["mode"] == "timeshare"
+        assert work * 1.7 < result["duration_ms"] < work * 2 / TIMESLICE_EFFICIENCY * 1.35
+
+
+def test_kernel_record_tells_other_processes_its_duty_and_occupancy(
+    emulate_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    worker = threading.Thread(target=kernel, args=(300,), kwargs={"duty": 0.25, "occupancy": 0.4})
+    worker.start()
+    records: list[Path] = []
+    deadline = time.monotonic() + 2
+    while not records and time.monotonic() < deadline:
+        records = list((emulate_dir / GPU_A).glob("*.json"))
+        time.sleep(0.005)
+    data = json.loads(records[0].read_text())
+    worker.join()
+    assert (data["duty"], data["occupancy"]) == (0.25, 0.4)
+    assert data["parallelism"] == pytest.approx(0.1)
+
+
+def test_parallelism_alone_is_a_kernel_running_all_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    result = kernel(20, parallelism=0.3)
+    assert (result.duty, result.occupancy, result.parallelism) == (1.0, 0.3, 0.3)
+
+
+def test_kernel_refuses_parallelism_that_disagrees_with_duty_and_occupancy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    with pytest.raises(UsageError, match="duty"):
+        kernel(10, parallelism=0.5, duty=0.2, occupancy=0.4)
 
 
 def test_two_processes_on_different_devices_do_not_slow_each_other(tmp_path: Path) -> None:

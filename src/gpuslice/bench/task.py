@@ -51,7 +51,9 @@ def run_task(
         from gpuslice.emulate.kernel import kernel
 
         cost = emulated_cost(workload, **call)
-        result = kernel(cost.work_ms, parallelism=cost.parallelism, memory=cost.memory_mib)
+        result = kernel(
+            cost.work_ms, duty=cost.duty, occupancy=cost.occupancy, memory=cost.memory_mib
+        )
         detail: dict[str, Any] = {"mode": result.mode, "share": result.share}
     else:
         output = WORKLOADS[workload].function(**{**call, "device": "cuda"})

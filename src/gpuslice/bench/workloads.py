@@ -20,7 +20,7 @@ Emulated cost model (``emulated_cost``)
 =======================================
 **These numbers are estimates from a paper model, to be replaced by measurements on a real
 H100.** They let the emulated GPU (``gpuslice.emulate``) give a workload a plausible duration,
-SM share and memory footprint on machines without a GPU.
+duty, SM occupancy and memory footprint on machines without a GPU.
 
 A task is modelled as a sequence of kernel groups. For one kernel that does ``F`` floating
 point operations, moves ``B`` bytes to or from device memory and launches ``blocks`` thread
@@ -31,12 +31,23 @@ blocks::
     kernel_s = max(exec_s, LAUNCH_OVERHEAD_S)
     busy     = min(1, blocks / H100_SM_COUNT)
 
-``work_ms`` is the sum of ``kernel_s`` over all kernels: the task's GPU time alone on an
+``work_ms`` is the sum of ``kernel_s`` over all kernels: the task's time alone on an
 H100-80GB SXM. The floor ``LAUNCH_OVERHEAD_S`` stands for PyTorch eager dispatch plus the
 CUDA launch; it dominates the small decode steps of LLM inference, during which the GPU
-mostly waits for the host. ``parallelism`` is the fraction of the SMs the task keeps busy
-averaged over that time, ``sum(busy * exec_s) / sum(kernel_s)``, in (0, 1]: a kernel busy
-on all SMs for its whole duration counts 1, a launch-bound or small-grid kernel less.
+mostly waits for the host. The emulated GPU (docs/emulation-model.md) describes a task by
+two fractions of that time, because they share a GPU differently:
+
+- ``duty = sum(exec_s) / sum(kernel_s)``: the fraction of ``work_ms`` during which one of
+  the task's kernels runs; the rest (``kernel_s - exec_s`` per launch-bound kernel) is host
+  time, a gap another process's kernels can fill even without MPS.
+- ``occupancy = sum(busy * exec_s) / sum(exec_s)``: the fraction of the SMs its kernels keep
+  busy while they run; what an MPS percentage limit caps and what MPS lets others use.
+
+``parallelism = duty * occupancy = sum(busy * exec_s) / sum(kernel_s)`` is the SM fraction
+averaged over ``work_ms``, the one number the model used before it had two (unchanged by the
+split, except that it is no longer floored at one SM's share for the tiny sizes).
+A kernel busy on all SMs for its whole duration counts 1 in both, a launch-bound kernel
+lowers the duty, a small-grid kernel the occupancy (at least one SM: ``1 / H100_SM_COUNT``).
 Thread blocks per kernel follow stated rules rather than the libraries' real heuristics:
 GEMMs tile their output in 128x128 blocks (64-column tiles when M <= 16, the GEMV-like
 decode case); element-wise and reduction kernels use one block per 1024 elements
@@ -107,14 +118,22 @@ class EmulatedCost:
     """What one task of a workload would cost on a whole H100-80GB SXM (an estimate).
 
     Attributes:
-        work_ms: GPU time of the task alone on the whole GPU, in milliseconds.
-        parallelism: fraction of the SMs its kernels keep busy on average, in (0, 1].
+        work_ms: time of the task alone on the whole GPU (kernels and the host gaps between
+            them), in milliseconds.
+        duty: fraction of ``work_ms`` during which one of its kernels runs, in (0, 1].
+        occupancy: fraction of the SMs its kernels keep busy while they run, in (0, 1].
         memory_mib: device memory the task needs, CUDA context included.
     """
 
     work_ms: float
-    parallelism: float
+    duty: float
+    occupancy: float
     memory_mib: int
+
+    @property
+    def parallelism(self) -> float:
+        """Fraction of the SMs it keeps busy averaged over ``work_ms``: duty x occupancy."""
+        return self.duty * self.occupancy
 
 
 @dataclass(frozen=True)
@@ -822,7 +841,7 @@ def _repeat(kernels: Iterable[_Kernels], times: float) -> list[_Kernels]:
 
 
 def _total(kernels: Iterable[_Kernels], memory_bytes: float) -> EmulatedCost:
-    work_s = busy_s = 0.0
+    work_s = run_s = busy_s = 0.0
     for k in kernels:
         if k.count <= 0:
             continue
@@ -831,10 +850,14 @@ def _total(kernels: Iterable[_Kernels], memory_bytes: float) -> EmulatedCost:
             k.bytes / (HBM_BANDWIDTH * k.memory_efficiency),
         )
         work_s += k.count * max(exec_s, LAUNCH_OVERHEAD_S)
+        run_s += k.count * exec_s
         busy_s += k.count * exec_s * min(1.0, max(k.blocks, 1) / H100_SM_COUNT)
-    parallelism = min(1.0, max(busy_s / work_s, 1.0 / H100_SM_COUNT))
+    if run_s <= 0:
+        raise UsageError("the task launches no kernel that does work; give it a positive size")
+    duty = min(1.0, run_s / work_s)
+    occupancy = min(1.0, max(busy_s / run_s, 1.0 / H100_SM_COUNT))
     memory_mib = CUDA_CONTEXT_MIB + math.ceil(memory_bytes / 2**20)
-    return EmulatedCost(work_ms=work_s * 1e3, parallelism=parallelism, memory_mib=memory_mib)
+    return EmulatedCost(work_ms=work_s * 1e3, duty=duty, occupancy=occupancy, memory_mib=memory_mib)
 
 
 def _gpt_pass(

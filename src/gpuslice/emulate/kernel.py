@@ -41,6 +41,7 @@ from gpuslice.emulate.model import (
     default_device,
     mps_visible_sm_count,
     rates,
+    task_shape,
 )
 from gpuslice.errors import GpusliceError, UsageError
 from gpuslice.sizes import parse_size_mib
@@ -139,7 +140,10 @@ class KernelResult:
             all the time; ``work_ms * parallelism / duration_ms``).
         memory_mib: device memory it held, or None.
         work_ms: the work asked for (duration alone on a whole device).
-        parallelism: the fraction of the device's SMs the kernel could keep busy.
+        parallelism: ``duty * occupancy``: the fraction of the device's SMs it kept busy on
+            average when alone.
+        duty: fraction of its time alone during which one of its kernels ran.
+        occupancy: fraction of the device's SMs its kernels kept busy while they ran.
     """
 
     device: str
@@ -149,6 +153,8 @@ class KernelResult:
     memory_mib: int | None
     work_ms: float
     parallelism: float
+    duty: float = 1.0
+    occupancy: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,11 +397,12 @@ class _Record:
     pid: int
     mps: bool
     sm_limit: float
-    parallelism: float
+    duty: float
+    occupancy: float
     memory_mib: int
 
     def client(self) -> ActiveClient:
-        return ActiveClient(self.pid, self.mps, self.sm_limit, self.parallelism)
+        return ActiveClient(self.pid, self.mps, self.sm_limit, self.occupancy, self.duty)
 
 
 _SEQUENCE = itertools.count()
@@ -432,12 +439,15 @@ def _read_records(directory: Path) -> list[_Record]:
         try:
             mtime = path.stat().st_mtime
             data = json.loads(path.read_text())
+            # A record without duty/occupancy (written before they existed) is a one-number
+            # task: duty 1, occupancy = its parallelism.
             record = _Record(
                 path=path,
                 pid=int(data["pid"]),
                 mps=bool(data["mps"]),
                 sm_limit=float(data["sm_limit"]),
-                parallelism=float(data["parallelism"]),
+                duty=float(data.get("duty", 1.0)),
+                occupancy=float(data["occupancy"] if "occupancy" in data else data["parallelism"]),
                 memory_mib=int(data["memory_mib"]),
             )
         except (OSError, ValueError, KeyError, TypeError):
@@ -460,7 +470,9 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _admit(directory: Path, the_slice: EmulatedSlice, parallelism: float, memory_mib: int) -> Path:
+def _admit(
+    directory: Path, the_slice: EmulatedSlice, duty: float, occupancy: float, memory_mib: int
+) -> Path:
     """Check memory and write this kernel's record, atomically with respect to other kernels."""
     pid = os.getpid()
     with _locked(directory):
@@ -480,7 +492,9 @@ def _admit(directory: Path, the_slice: EmulatedSlice, parallelism: float, memory
             "pid": pid,
             "mps": the_slice.mps,
             "sm_limit": the_slice.sm_limit,
-            "parallelism": parallelism,
+            "duty": duty,
+            "occupancy": occupancy,
+            "parallelism": duty * occupancy,
             "memory_mib": memory_mib,
             "started": time.time(),
         }
@@ -493,15 +507,28 @@ def _admit(directory: Path, the_slice: EmulatedSlice, parallelism: float, memory
 
 
 def kernel(
-    work_ms: float, parallelism: float = 1.0, memory: int | str | None = None
+    work_ms: float,
+    parallelism: float | None = None,
+    memory: int | str | None = None,
+    duty: float | None = None,
+    occupancy: float | None = None,
 ) -> KernelResult:
     """Run an emulated GPU kernel: sleep, in real time, as long as it would take on this slice.
 
+    A task is described by ``duty`` and ``occupancy`` (docs/emulation-model.md). ``parallelism``
+    alone keeps its old meaning, ``duty`` 1 and ``occupancy = parallelism``; nothing given is a
+    full task (``duty`` = ``occupancy`` = 1).
+
     Args:
-        work_ms: GPU time the task needs with a whole device to itself, in ms.
-        parallelism: fraction of the device's SMs its kernels can keep busy, in (0, 1]
-            (small kernels cannot fill an H100).
+        work_ms: time the task takes with a whole device to itself, in ms (its kernels and the
+            host gaps between them).
+        parallelism: ``duty * occupancy``, in (0, 1]; alone, a task whose kernels run all the
+            time on that fraction of the SMs.
         memory: device memory it holds while running: MiB, or a size such as ``"10GiB"``.
+        duty: fraction of ``work_ms`` during which one of its kernels runs, in (0, 1]; the rest
+            is host time (kernel launch, Python dispatch), not slowed by other tasks' kernels.
+        occupancy: fraction of the device's SMs its kernels keep busy while they run, in (0, 1]
+            (small kernels cannot fill an H100).
 
     Raises:
         CudaOutOfMemoryError: ``memory`` is over the MPS pinned limit or the device's free memory.
@@ -509,18 +536,20 @@ def kernel(
     """
     if work_ms < 0:
         raise UsageError(f"work_ms must be >= 0, got {work_ms}")
-    if not 0.0 < parallelism <= 1.0:
-        raise UsageError(f"parallelism must be in (0, 1], got {parallelism}")
+    try:
+        task_duty, task_occupancy = task_shape(parallelism, duty, occupancy)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     try:
         memory_mib = parse_size_mib(memory) if memory is not None else 0
     except ValueError as err:
         raise UsageError(f"memory: {err}") from err
     the_slice = current_slice()
     directory = _device_dir(emulate_dir(), the_slice.device.uuid)
-    me = ActiveClient(os.getpid(), the_slice.mps, the_slice.sm_limit, parallelism)
+    me = ActiveClient(os.getpid(), the_slice.mps, the_slice.sm_limit, task_occupancy, task_duty)
 
     start = time.monotonic()
-    record_path = _admit(directory, the_slice, parallelism, memory_mib)
+    record_path = _admit(directory, the_slice, task_duty, task_occupancy, memory_mib)
     progress = 0.0  # fraction of work_ms done
     shared = False
     last = start
@@ -542,7 +571,8 @@ def kernel(
             record_path.unlink()
     duration_ms = (time.monotonic() - start) * 1000.0
     mode: Mode = "mps" if the_slice.mps else ("timeshare" if shared else "exclusive")
-    share = work_ms * parallelism / duration_ms if duration_ms > 0 else parallelism
+    average = me.parallelism
+    share = work_ms * average / duration_ms if duration_ms > 0 else average
     return KernelResult(
         device=the_slice.device.uuid,
         duration_ms=duration_ms,
@@ -550,5 +580,7 @@ def kernel(
         share=share,
         memory_mib=memory_mib or None,
         work_ms=work_ms,
-        parallelism=parallelism,
+        parallelism=average,
+        duty=task_duty,
+        occupancy=task_occupancy,
     )

@@ -5,25 +5,34 @@ The model, its sources and what could not be confirmed are written down in
 so every rule can be unit-tested with plain values; :mod:`gpuslice.emulate.kernel` feeds it
 the kernels that are really running and sleeps for the durations it computes.
 
-In short: a task is ``work_ms`` of GPU time on a whole device and can keep a fraction
-``parallelism`` of the device's SMs busy. Its progress rate (fraction of ``work_ms`` per ms) is
-``time_fraction * sm_fraction / parallelism``, where ``sm_fraction`` is the SM share it gets
-inside its context and ``time_fraction`` the share of time its context gets on the device.
+In short: a task is ``work_ms`` of time alone on a whole device, during a fraction ``duty`` of
+which one of its kernels is running (the rest is host time between kernels: launch and Python
+dispatch), and its kernels keep a fraction ``occupancy`` of the device's SMs busy while they run.
+Host gaps are never slowed by the GPU. Inside a CUDA context (one process, or the MPS server
+for all its clients) kernels share the SMs; different contexts take turns on the device, but
+only while they have a kernel to run, so one context's kernels fill another's host gaps.
+``parallelism = duty * occupancy`` is the time-averaged SM fraction of the task alone, the one
+number the model used before it had two.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gpuslice.mps.limits import visible_sm_count
 
-#: Share of the device's time that survives the context switches of time-slicing, when more
-#: than one CUDA context is active. NVIDIA documents that without MPS the contexts' scheduling
-#: resources "must be swapped on and off the GPU" (https://docs.nvidia.com/deploy/mps/index.html,
-#: "Reduced GPU context switching") but gives no number; 0.95 is an assumption (5% lost to
-#: switches), a parameter rather than a measurement. See docs/emulation-model.md.
+#: Share of the device's time that does work when more than one CUDA context competes for it.
+#: NVIDIA documents that without MPS the contexts' scheduling resources "must be swapped on and
+#: off the GPU" (https://docs.nvidia.com/deploy/mps/index.html, "Reduced GPU context switching")
+#: but gives no number; 0.95 is an assumption (5% lost to switches), a parameter rather than a
+#: measurement. See docs/emulation-model.md.
 TIMESLICE_EFFICIENCY = 0.95
+
+#: Bisection steps when solving for the SM scale of an oversubscribed context (2**-60 is far
+#: below anything a 10 ms tick can show).
+_SOLVE_STEPS = 60
 
 #: Client CUDA contexts one Volta-or-later MPS server accepts per device; over it, context
 #: creation fails (MPS overview, "Client-Server Connection Limits").
@@ -67,6 +76,47 @@ def default_device(uuid: str) -> EmulatedDevice:
     return EmulatedDevice(uuid=uuid, sm_count=132, memory_mib=81559, name="NVIDIA H100 80GB HBM3")
 
 
+def task_shape(
+    parallelism: float | None = None,
+    duty: float | None = None,
+    occupancy: float | None = None,
+) -> tuple[float, float]:
+    """``(duty, occupancy)`` of a task from whichever of the three numbers the caller gave.
+
+    ``parallelism`` alone keeps its old meaning: a task whose kernels run all the time
+    (``duty`` 1) and keep that fraction of the SMs busy. With ``duty`` or ``occupancy`` given,
+    a ``parallelism`` next to it fixes the other one (``parallelism = duty * occupancy``);
+    nothing given means a full task (1, 1).
+
+    Raises:
+        ValueError: a value outside (0, 1], or three values that disagree.
+    """
+    for name, value in (("parallelism", parallelism), ("duty", duty), ("occupancy", occupancy)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+    if duty is None and occupancy is None:
+        return 1.0, 1.0 if parallelism is None else parallelism
+    if duty is not None and occupancy is not None:
+        if parallelism is not None and not math.isclose(
+            parallelism, duty * occupancy, rel_tol=1e-6
+        ):
+            raise ValueError(
+                f"parallelism {parallelism} is not duty * occupancy ({duty} * {occupancy}); "
+                "give duty and occupancy alone"
+            )
+        return duty, occupancy
+    given = duty if duty is not None else occupancy
+    assert given is not None  # one of the two, by the cases above
+    other = 1.0 if parallelism is None else parallelism / given
+    if other > 1.0 + 1e-9:
+        raise ValueError(
+            f"parallelism {parallelism} cannot be split with {given}: "
+            "duty * occupancy would need a factor above 1"
+        )
+    other = min(other, 1.0)
+    return (given, other) if duty is not None else (other, given)
+
+
 @dataclass(frozen=True)
 class ActiveClient:
     """One kernel running on a device right now, as the model sees it.
@@ -75,19 +125,30 @@ class ActiveClient:
         pid: process that launched it. Without MPS every process is its own CUDA context.
         mps: True when the process is an MPS client (its kernels share the MPS server's context).
         sm_limit: fraction of the device's SMs the client may use (its MPS limit; 1.0 without).
-        parallelism: fraction of the device's SMs the kernel can keep busy, in (0, 1].
+        occupancy: fraction of the device's SMs its kernels keep busy while they run, in (0, 1].
+        duty: fraction of its time alone during which one of its kernels runs, in (0, 1]; the
+            rest is host time between kernels (launch, Python dispatch). 1 by default, so
+            ``ActiveClient(pid, mps, limit, p)`` is the one-number task of parallelism ``p``.
     """
 
     pid: int
     mps: bool
     sm_limit: float
-    parallelism: float
+    occupancy: float
+    duty: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.parallelism <= 1.0:
-            raise ValueError(f"parallelism must be in (0, 1], got {self.parallelism}")
+        if not 0.0 < self.occupancy <= 1.0:
+            raise ValueError(f"occupancy must be in (0, 1], got {self.occupancy}")
+        if not 0.0 < self.duty <= 1.0:
+            raise ValueError(f"duty must be in (0, 1], got {self.duty}")
         if not 0.0 < self.sm_limit <= 1.0:
             raise ValueError(f"sm_limit must be in (0, 1], got {self.sm_limit}")
+
+    @property
+    def parallelism(self) -> float:
+        """Fraction of the device's SMs the task keeps busy on average alone: duty x occupancy."""
+        return self.duty * self.occupancy
 
 
 def mps_visible_sm_count(sm_count: int, percentage: float | None) -> int:
@@ -108,41 +169,115 @@ def _context(client: ActiveClient) -> tuple[str, int]:
     return ("mps", 0) if client.mps else ("pid", client.pid)
 
 
+def _rate(duty: float, kernel_speed: float) -> float:
+    """Progress rate of a task whose kernels run at ``kernel_speed`` and whose host gaps do not
+    slow down: alone it spends ``duty`` of ``work_ms`` in kernels and ``1 - duty`` on the host."""
+    return 1.0 / (duty / kernel_speed + 1.0 - duty)
+
+
+def _sm_use(members: Sequence[ActiveClient], speeds: Sequence[float]) -> float:
+    """Average fraction of the SMs the members use at these kernel speeds.
+
+    A kernel's SM-time is fixed (``duty * occupancy`` per unit of work, however it is spread),
+    so a member progressing at rate ``r`` uses ``r * duty * occupancy`` of the SMs on average.
+    """
+    return sum(
+        _rate(c.duty, speed) * c.duty * c.occupancy
+        for c, speed in zip(members, speeds, strict=True)
+    )
+
+
+def context_rates(members: Sequence[ActiveClient]) -> tuple[list[float], float]:
+    """Rates of the kernels of one context while it holds the device, and its busy fraction.
+
+    Inside a context kernels share the SMs. A member's kernels run at speed
+    ``min(occupancy, sm_limit) / occupancy`` (an MPS limit below its occupancy slows them);
+    when the members together would use more than the device's SMs, every kernel speed is
+    scaled by the same factor, chosen so that they use exactly all of them (for members with
+    ``duty`` 1 this is the proportional rule ``demand / sum(demand)`` with
+    ``demand = min(occupancy, sm_limit)``). Host gaps are not slowed.
+
+    Returns:
+        The rates, in the order given, and the fraction of time at least one member has a
+        kernel running, taken as ``min(1, sum)`` of the members' own fractions: the fluid
+        assumption that their kernels interleave rather than pile up.
+    """
+    base = [min(c.occupancy, c.sm_limit) / c.occupancy for c in members]
+    scale = 1.0
+    if _sm_use(members, base) > 1.0:
+        low, high = 0.0, 1.0  # _sm_use grows with the scale: bisect, keeping the feasible side
+        for _ in range(_SOLVE_STEPS):
+            middle = (low + high) / 2
+            if _sm_use(members, [middle * b for b in base]) > 1.0:
+                high = middle
+            else:
+                low = middle
+        scale = low
+    speeds = [scale * b for b in base]
+    member_rates = [_rate(c.duty, s) for c, s in zip(members, speeds, strict=True)]
+    busy = sum(r * c.duty / s for r, c, s in zip(member_rates, members, speeds, strict=True))
+    return member_rates, min(1.0, busy)
+
+
+def time_share(busy: Sequence[float], efficiency: float = TIMESLICE_EFFICIENCY) -> float:
+    """Fraction of full speed every context keeps when contexts take turns on the device.
+
+    ``busy`` is each context's fraction of time with a kernel to run. A context without a
+    kernel does not hold the device, so others' kernels fill its gaps: with one context, or
+    while the contexts' busy fractions sum to no more than ``efficiency`` (the device time
+    left after switches), everyone runs at full speed. Above that the device's time is the
+    bottleneck and each context gets ``efficiency / sum(busy)`` of its speed.
+    """
+    if len(busy) <= 1:
+        return 1.0
+    return min(1.0, efficiency / sum(busy))
+
+
 def rates(clients: Sequence[ActiveClient], efficiency: float = TIMESLICE_EFFICIENCY) -> list[float]:
     """Progress rate of each running kernel: the fraction of its ``work_ms`` done per ms.
 
-    Rules (docs/emulation-model.md):
-
-    * A kernel's SM demand is ``min(parallelism, sm_limit)``. Kernels sharing a context (MPS
-      clients, or kernels of one process) run concurrently; when their demands sum above 1,
-      each is scaled down in proportion.
-    * Contexts take turns: with ``n > 1`` contexts each gets ``efficiency / n`` of the time.
-    * ``rate = time_fraction * sm_fraction / parallelism``: a kernel alone with
-      ``parallelism <= sm_limit`` runs at rate 1 (its duration is ``work_ms``).
+    Rules (docs/emulation-model.md): kernels of one context share its SMs
+    (:func:`context_rates`); contexts share the device's time (:func:`time_share`), each
+    counting for its busy fraction. A kernel alone with ``occupancy <= sm_limit`` runs at
+    rate 1, whatever its duty: its duration is ``work_ms``.
 
     Args:
         clients: the kernels running on one device, in any order.
-        efficiency: time share left after context switches (:data:`TIMESLICE_EFFICIENCY`).
+        efficiency: device time left after context switches (:data:`TIMESLICE_EFFICIENCY`).
 
     Returns:
-        One rate per client, in the order given; every rate is > 0.
+        One rate per client, in the order given; every rate is in (0, 1].
     """
-    n_contexts = context_count(clients)
-    time_fraction = 1.0 if n_contexts <= 1 else efficiency / n_contexts
-    keys = [_context(c) for c in clients]
-    demands = [min(c.parallelism, c.sm_limit) for c in clients]
-    demand_by_context: dict[tuple[str, int], float] = {}
-    for key, demand in zip(keys, demands, strict=True):
-        demand_by_context[key] = demand_by_context.get(key, 0.0) + demand
-    return [
-        time_fraction * demand / max(1.0, demand_by_context[key]) / client.parallelism
-        for key, demand, client in zip(keys, demands, clients, strict=True)
-    ]
+    groups: dict[tuple[str, int], list[int]] = {}
+    for index, client in enumerate(clients):
+        groups.setdefault(_context(client), []).append(index)
+    result = [0.0] * len(clients)
+    busy: list[float] = []
+    for indices in groups.values():
+        member_rates, context_busy = context_rates([clients[i] for i in indices])
+        busy.append(context_busy)
+        for i, rate in zip(indices, member_rates, strict=True):
+            result[i] = rate
+    share = time_share(busy, efficiency)
+    return [share * rate for rate in result]
 
 
-def duration_alone_ms(work_ms: float, parallelism: float, sm_limit: float = 1.0) -> float:
-    """Duration of a kernel that has its device (or its MPS limit) to itself."""
-    client = ActiveClient(pid=0, mps=False, sm_limit=sm_limit, parallelism=parallelism)
+def duration_alone_ms(
+    work_ms: float,
+    parallelism: float | None = None,
+    sm_limit: float = 1.0,
+    *,
+    duty: float | None = None,
+    occupancy: float | None = None,
+) -> float:
+    """Duration of a kernel that has its device (or its MPS limit) to itself.
+
+    ``parallelism``, ``duty`` and ``occupancy`` are read as :func:`task_shape` reads them.
+    """
+    task_duty, task_occupancy = task_shape(parallelism, duty, occupancy)
+    client = ActiveClient(
+        pid=0, mps=False, sm_limit=sm_limit, occupancy=task_occupancy, duty=task_duty
+    )
     return work_ms / rates([client])[0]
 
 
