@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
+from typing import Any
 
 import pytest
 from parsl.providers import LocalProvider, SlurmProvider
@@ -91,11 +92,7 @@ def test_the_default_provider_keeps_one_local_block() -> None:
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 1, 1)
 
 
-def test_the_slurm_submit_script_carries_the_pools_worker_init(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    provider = SlurmProvider(partition="gpu", worker_init="source ~/env/bin/activate")
-    executor = parsl_config(PLAN, fleet=FLEET_2XH100, provider=provider).executors[0]
+def _render_slurm(executor: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     slurm = executor.provider
     slurm.script_dir = str(tmp_path)
     # Render the script through Parsl's own submit path; only sbatch itself is stood in for.
@@ -104,7 +101,18 @@ def test_the_slurm_submit_script_carries_the_pools_worker_init(
     )
     assert slurm.submit("process_worker_pool.py --block_id=0", tasks_per_node=1) == "42"
     [script_path] = glob.glob(str(tmp_path / "parsl.slurm.*[0-9]"))
-    script = Path(script_path).read_text()
+    return Path(script_path).read_text()
+
+
+def test_the_slurm_submit_script_carries_the_pools_worker_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # node_local=False: the plan was resolved on the node itself (e.g. an interactive job).
+    provider = SlurmProvider(partition="gpu", worker_init="source ~/env/bin/activate")
+    executor = parsl_config(
+        PLAN, fleet=FLEET_2XH100, provider=provider, node_local=False
+    ).executors[0]
+    script = _render_slurm(executor, tmp_path, monkeypatch)
     assert script.startswith("#!/bin/bash")
     assert "#SBATCH --partition=gpu" in script
     activate = script.index("source ~/env/bin/activate")
@@ -113,6 +121,20 @@ def test_the_slurm_submit_script_carries_the_pools_worker_init(
     worker = script.index("process_worker_pool.py")
     assert activate < pool < ensure < worker
     assert "export CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25" in script
+
+
+def test_the_slurm_submit_script_resolves_the_plan_on_the_node_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = SlurmProvider(partition="gpu", worker_init="source ~/env/bin/activate")
+    executor = parsl_config(PLAN, fleet=FLEET_2XH100, provider=provider).executors[0]
+    script = _render_slurm(executor, tmp_path, monkeypatch)
+    activate = script.index("source ~/env/bin/activate")
+    resolve_on_node = script.index("worker-init --pool small --slots")
+    exports = script.index('eval "$_gpuslice_env"')
+    worker = script.index("process_worker_pool.py")
+    assert activate < resolve_on_node < exports < worker
+    assert executor.available_accelerators == [f"gpuslice-slot-{i}" for i in range(4)]
 
 
 def test_executor_options_the_plan_decides_are_refused() -> None:

@@ -50,7 +50,7 @@ def _register() -> None:
     cli.add_command(hardware.gpus)
     cli.add_command(plans.plan)
     cli.add_command(plans.env)
-    for module_name in ("mps", "mig", "run", "workflows"):
+    for module_name in ("mps", "mig", "run", "workflows", "node"):
         try:
             module = __import__(f"gpuslice.cli.{module_name}", fromlist=["commands"])
         except ImportError:  # pragma: no cover - a verb group under construction

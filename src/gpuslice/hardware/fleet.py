@@ -8,7 +8,8 @@ Format (DESIGN.md, "Fleet file")::
 
 Indices follow the file's order. UUIDs are made up but stable: the same file always gives
 the same ``GPU-…`` and ``MIG-…`` strings (UUID5 of the model, index and instance), so plans,
-tests and logs can refer to them.
+tests and logs can refer to them. An optional top-level ``node: NAME`` salts them, so fleet
+files of two nodes with the same GPUs describe different devices, as real nodes have.
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ class FleetEntry(BaseModel):
 
 
 class FleetSpec(BaseModel):
-    """A fleet file."""
+    """A fleet file; ``node`` names the machine, so two nodes' GPUs get different UUIDs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpus: list[FleetEntry] = Field(min_length=1)
+    node: str | None = None
 
 
-def gpu_uuid(model: str, index: int) -> str:
-    """The stable made-up UUID of the ``index``-th GPU of a fleet."""
-    return f"GPU-{uuid.uuid5(_NAMESPACE, f'{model}/{index}')}"
+def gpu_uuid(model: str, index: int, node: str | None = None) -> str:
+    """The stable made-up UUID of the ``index``-th GPU of a fleet (of ``node``, if named)."""
+    key = f"{model}/{index}" if node is None else f"{node}/{model}/{index}"
+    return f"GPU-{uuid.uuid5(_NAMESPACE, key)}"
 
 
 def mig_uuid(parent: str, position: int, profile: str) -> str:
@@ -132,7 +135,7 @@ def fleet_from_data(data: Any, source: str) -> Inventory:
         model = get_model(entry.model)
         for _ in range(entry.count):
             index = len(gpus)
-            parent = gpu_uuid(model.name, index)
+            parent = gpu_uuid(model.name, index, spec.node)
             gpus.append(
                 Gpu(
                     index=index,

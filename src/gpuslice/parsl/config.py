@@ -26,12 +26,15 @@ An emulated layout (GPUs described by a fleet file) additionally exports
 (:func:`gpuslice.emulate.kernel.register_devices`) so emulated kernels know each device's SMs and
 memory.
 
-Limitation (multi-node): device UUIDs belong to one node. The layout is resolved against one
-node's GPUs (NVML on that node, or a fleet file describing one node), and every block of a pool
-gets the same UUIDs; use it with one node per block on nodes with identical GPUs only where the
-UUIDs match, which in practice means one node (or a fleet file per node type and emulated runs).
-``worker_init`` runs once per block, on the node running the batch script, so with
-``nodes_per_block > 1`` only that node's MPS daemons are started.
+Clusters (node-local pools): device UUIDs belong to one node, so for a provider other than
+LocalProvider (``node_local`` defaults on) the plan is resolved here only to size each pool,
+against ``fleet`` (describing a compute node) or this machine's GPUs. The executor's
+accelerators are then slot names (``gpuslice-slot-<rank>``), and ``worker_init`` runs
+``gpuslice worker-init`` on the node the block lands on: it resolves the plan against that
+node's GPUs, refuses a node that gives the pool another number of slices, starts the node's
+MPS daemons and exports ``GPUSLICE_SLOTS`` (slot -> UUID), which each worker applies to its
+``CUDA_VISIBLE_DEVICES`` before CUDA starts. ``worker_init`` runs once per block, on the node
+running the batch script, so use one node per block (``nodes_per_block=1``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from gpuslice.hardware.inventory import discover
 from gpuslice.mps import control
 from gpuslice.mps import env as mps_env
 from gpuslice.plan.layout import Layout, PoolLayout
+from gpuslice.plan.load import load_plan
 from gpuslice.plan.resolve import resolve
 from gpuslice.plan.schema import Plan
 
@@ -62,10 +66,13 @@ __all__ = [
     "POOL_ATTR",
     "gpuslice_command",
     "layout_of",
+    "node_worker_init",
     "parsl_config",
     "pool_executor",
+    "pool_exports",
     "pool_worker_init",
     "register_emulated_devices",
+    "slot_names",
 ]
 
 #: Attribute set on each executor gpuslice builds: the pool's name (how gpu_app finds pools).
@@ -76,6 +83,10 @@ EXPECTED_SMS_ENV = "GPUSLICE_EXPECTED_SMS"
 EMULATED_ENV = "GPUSLICE_EMULATED"
 #: The fleet file of an emulated layout.
 FLEET_ENV = "GPUSLICE_FLEET"
+#: ``<slot>=<device>;…``: which device each accelerator slot of a node-local pool is.
+SLOTS_ENV = "GPUSLICE_SLOTS"
+#: Accelerator names of node-local pools (not integers: Parsl would remap those).
+SLOT_PREFIX = "gpuslice-slot-"
 
 #: Executor options gpuslice sets from the layout; a caller may not override them.
 _RESERVED = ("label", "provider", "available_accelerators", "max_workers_per_node")
@@ -176,11 +187,48 @@ def pool_worker_init(
         UsageError: no such pool.
         MpsError: the pool's slices disagree on their limits.
     """
-    if isinstance(pool, str):
-        try:
-            pool = layout.pool(pool)
-        except KeyError as err:
-            raise UsageError(str(err.args[0])) from err
+    pool = _pool(layout, pool)
+    env = pool_exports(layout, pool, fleet=fleet)
+    command = shlex.quote(gpuslice_command())
+    lines = [*_preamble(pool, f"{len(pool.slices)} slices"), mps_env.export_lines(env).rstrip("\n")]
+    for device, pipe_dir, log_dir in _daemons(pool):
+        lines.append(
+            f"{command} mps ensure --pipe-dir {shlex.quote(pipe_dir)} "
+            f"--log-dir {shlex.quote(log_dir)} --device {shlex.quote(device)} "
+            f'|| {{ echo "gpuslice: no MPS daemon for {device}; pool {pool.name} not started" >&2; '
+            "exit 1; }"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pool(layout: Layout, pool: PoolLayout | str) -> PoolLayout:
+    if isinstance(pool, PoolLayout):
+        return pool
+    try:
+        return layout.pool(pool)
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from err
+
+
+def _preamble(pool: PoolLayout, what: str) -> list[str]:
+    bin_dir = shlex.quote(str(Path(sys.executable).parent))
+    return [
+        f"# gpuslice: pool {pool.name} ({pool.kind}, {what})",
+        f'export PATH={bin_dir}:"$PATH"',
+        f"unset {' '.join(_MPS_CLIENT_VARS)}",
+    ]
+
+
+def pool_exports(
+    layout: Layout, pool: PoolLayout | str, *, fleet: str | Path | None = None
+) -> dict[str, str]:
+    """The variables a pool's ``worker_init`` exports (the limits, daemons, expected SMs).
+
+    Raises:
+        UsageError: no such pool.
+        MpsError: the pool's slices disagree on their limits.
+    """
+    pool = _pool(layout, pool)
     env = mps_env.pool_environment(pool)
     expected = _expected_sms(pool)
     if expected:
@@ -194,22 +242,43 @@ def pool_worker_init(
         fleet_path = _fleet_path(layout, fleet)
         if fleet_path is not None:
             env[FLEET_ENV] = fleet_path
-    bin_dir = shlex.quote(str(Path(sys.executable).parent))
-    lines = [
-        f"# gpuslice: pool {pool.name} ({pool.kind}, {len(pool.slices)} slices)",
-        f'export PATH={bin_dir}:"$PATH"',
-        f"unset {' '.join(_MPS_CLIENT_VARS)}",
-        mps_env.export_lines(env).rstrip("\n"),
+    return env
+
+
+def node_worker_init(plan: Plan, pool: PoolLayout, *, node_fleet: str | Path | None = None) -> str:
+    """``worker_init`` lines that resolve the plan on the node the block lands on.
+
+    Device UUIDs belong to one node, so for blocks on other machines (Slurm, PBS, …) the
+    executor's accelerators are slot names (``gpuslice-slot-<rank>``) and ``worker_init`` runs
+    ``gpuslice worker-init``: it resolves the plan against that node's GPUs (NVML, or
+    ``node_fleet`` for emulated nodes), checks the node gives the pool as many slices as
+    planned, starts the MPS daemons, and exports the pool's variables plus
+    ``GPUSLICE_SLOTS`` (slot -> device UUID), which each worker applies before CUDA starts.
+    """
+    command = [
+        gpuslice_command(),
+        "worker-init",
+        "--pool",
+        pool.name,
+        "--slots",
+        str(len(pool.slices)),
+        "--plan",
+        plan.model_dump_json(exclude_none=True),
     ]
-    command = shlex.quote(gpuslice_command())
-    for device, pipe_dir, log_dir in _daemons(pool):
-        lines.append(
-            f"{command} mps ensure --pipe-dir {shlex.quote(pipe_dir)} "
-            f"--log-dir {shlex.quote(log_dir)} --device {shlex.quote(device)} "
-            f'|| {{ echo "gpuslice: no MPS daemon for {device}; pool {pool.name} not started" >&2; '
-            "exit 1; }"
-        )
+    if node_fleet is not None:
+        command += ["--fleet", str(Path(node_fleet).resolve())]
+    lines = _preamble(pool, f"{len(pool.slices)} slices per node, resolved on the node")
+    lines += [
+        f"_gpuslice_env=$({shlex.join(command)}) || "
+        f'{{ echo "gpuslice: pool {pool.name} cannot start on $(hostname)" >&2; exit 1; }}',
+        'eval "$_gpuslice_env"',
+    ]
     return "\n".join(lines) + "\n"
+
+
+def slot_names(pool: PoolLayout) -> list[str]:
+    """The accelerator names of a node-local pool: one slot per slice rank."""
+    return [f"{SLOT_PREFIX}{s.rank}" for s in pool.slices]
 
 
 def _with_worker_init(provider: ExecutionProvider, lines: str) -> ExecutionProvider:
@@ -241,6 +310,8 @@ def pool_executor(
     *,
     provider: ExecutionProvider | None = None,
     fleet: str | Path | None = None,
+    node_plan: Plan | None = None,
+    node_fleet: str | Path | None = None,
     **htex_options: Any,
 ) -> HighThroughputExecutor:
     """The HighThroughputExecutor of one pool.
@@ -251,6 +322,10 @@ def pool_executor(
         provider: the user's provider (copied, its ``worker_init`` kept first); default one
             local block.
         fleet: fleet file of an emulated layout, if not in ``layout.inventory_source``.
+        node_plan: resolve this plan on the node each block lands on (see
+            :func:`node_worker_init`) instead of using ``layout``'s device UUIDs.
+        node_fleet: with ``node_plan``: the fleet file the nodes resolve against (emulated
+            nodes); default NVML on the node.
         **htex_options: other HighThroughputExecutor arguments (``cores_per_worker`` defaults
             to a tiny value so slices, not CPUs, decide the worker count).
 
@@ -271,10 +346,16 @@ def pool_executor(
         # Parsl starts ``interchange.py`` from PATH, which lacks a virtualenv never activated.
         options["interchange_launch_cmd"] = [str(interchange)]
     options.update(htex_options)
+    if node_plan is not None:
+        init = node_worker_init(node_plan, pool, node_fleet=node_fleet)
+        accelerators = slot_names(pool)
+    else:
+        init = pool_worker_init(layout, pool, fleet=fleet)
+        accelerators = list(pool.devices)
     executor = HighThroughputExecutor(
         label=pool.name,
-        provider=_with_worker_init(base, pool_worker_init(layout, pool, fleet=fleet)),
-        available_accelerators=list(pool.devices),
+        provider=_with_worker_init(base, init),
+        available_accelerators=accelerators,
         max_workers_per_node=len(pool.slices),
         **options,
     )
@@ -306,6 +387,8 @@ def parsl_config(
     fleet: str | Path | None = None,
     retries: int = 0,
     run_dir: str | None = None,
+    node_local: bool | None = None,
+    node_fleet: str | Path | None = None,
     **htex_options: Any,
 ) -> Config:
     """A Parsl configuration with one HighThroughputExecutor per pool of the plan.
@@ -319,6 +402,12 @@ def parsl_config(
         fleet: fleet file describing the GPUs (emulated); default: the GPUs of this node (NVML).
         retries: how often Parsl retries a failed task (a lost worker counts as a failure).
         run_dir: Parsl's run directory (default ``runinfo``).
+        node_local: resolve the plan again on each node a block lands on, so workers get that
+            node's device UUIDs (default: on for providers other than LocalProvider). Here,
+            the plan is resolved against ``fleet`` (or this machine's GPUs) only to size the
+            pools: nodes must have the same GPUs. Needs a plan, not a Layout.
+        node_fleet: with ``node_local``: the fleet file nodes resolve against instead of NVML
+            (emulated nodes, for tests); default: the layout's own fleet when it is emulated.
         **htex_options: passed to every HighThroughputExecutor (e.g. ``heartbeat_period``).
 
     Returns:
@@ -331,8 +420,28 @@ def parsl_config(
         MpsError: a pool whose slices disagree on their limits.
     """
     layout = layout_of(plan_or_layout, fleet)
+    if node_local is None:
+        node_local = provider is not None and not isinstance(provider, LocalProvider)
+    node_plan: Plan | None = None
+    if node_local:
+        if isinstance(plan_or_layout, Layout):
+            raise UsageError(
+                "node_local resolves the plan on each node, so it needs the plan rather than "
+                "a resolved Layout; pass the plan (path, text or Plan), or node_local=False"
+            )
+        node_plan = load_plan(plan_or_layout)
+        if node_fleet is None and layout.emulated:
+            node_fleet = _fleet_path(layout, fleet)
     executors = [
-        pool_executor(layout, pool, provider=provider, fleet=fleet, **htex_options)
+        pool_executor(
+            layout,
+            pool,
+            provider=provider,
+            fleet=fleet,
+            node_plan=node_plan,
+            node_fleet=node_fleet,
+            **htex_options,
+        )
         for pool in layout.pools
     ]
     if layout.emulated:

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 # configuration machinery just to read its environment).
 EXPECTED_SMS_ENV = "GPUSLICE_EXPECTED_SMS"
 EMULATED_ENV = "GPUSLICE_EMULATED"
+SLOTS_ENV = "GPUSLICE_SLOTS"
 
 #: MPS rounds a thread percentage down to a hardware granule. The plan's figure already
 #: rounds down to whole SM pairs (gpuslice.mps.limits), but that granularity was observed by
@@ -137,6 +138,17 @@ def _check(environ: MutableMapping[str, str]) -> SliceCheck:
             f"this worker of pool {pool!r} has no CUDA_VISIBLE_DEVICES, so it would see every "
             "GPU; run it in an executor from gpuslice.parsl_config (one device UUID per worker)"
         )
+    slots = environ.get(SLOTS_ENV)
+    if slots:
+        # A node-local pool: Parsl gave this worker a slot name; the node's worker_init mapped
+        # each slot to a device UUID of this node. CUDA has not started yet, so this is final.
+        mapped = mps_env.parse_device_map(slots).get(device)
+        if mapped is None:
+            raise SliceCheckError(
+                f"this worker of pool {pool!r} got accelerator {device!r}, which is not one of "
+                f"the node's slots ({slots}); the executor and its worker_init disagree"
+            )
+        environ[mps_env.VISIBLE] = device = mapped
     mps_env.activate(environ)
     expected = _expected(environ, device)
     visible, source = _visible_sms(environ)
