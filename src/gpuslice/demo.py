@@ -127,6 +127,10 @@ def run_demo(
     )
     baseline = Arrangement(**{**one_per_gpu().__dict__, "routes": dict.fromkeys(routes, POOL)})
     task_list = demo_tasks(tasks)
+    from gpuslice.cli.plans import layout_table
+    from gpuslice.plan.resolve import resolve
+
+    console.print(layout_table(resolve(parsed, inventory)))
     console.print(
         f"{len(task_list)} tasks ({', '.join(f'{w}: {p}' for w, p, _ in FUNCTIONS)}) on "
         f"{len(inventory.gpus)} GPU{'s' if len(inventory.gpus) != 1 else ''}; routes: "

@@ -53,6 +53,17 @@ def show(plan_source: str, fleet: str | None, as_json: bool) -> None:
     if as_json:
         print_json(layout.to_dict())
         return
+    console.print(layout_table(layout))
+    dirs = sorted({s.mps_pipe_dir for s in layout.slices if s.mps_pipe_dir})
+    if dirs:
+        console.print(
+            f"MPS daemons: {len(dirs)} (one per device), "
+            f"pipe dirs under {dirs[0].rsplit('/', 2)[0]}"
+        )
+
+
+def layout_table(layout: Layout) -> Table:
+    """Every slice of a layout: pool, device UUID, compute share, SMs, memory cap."""
     table = Table(title=f"{layout.plan_text}  on {layout.inventory_source}", title_justify="left")
     for column in ("pool", "#", "kind", "GPU", "CUDA_VISIBLE_DEVICES", "compute", "SMs", "memory"):
         table.add_column(column, overflow="fold")
@@ -73,13 +84,7 @@ def show(plan_source: str, fleet: str | None, as_json: bool) -> None:
             f"{s.expected_sms}/{s.sm_count}",
             memory,
         )
-    console.print(table)
-    dirs = sorted({s.mps_pipe_dir for s in layout.slices if s.mps_pipe_dir})
-    if dirs:
-        console.print(
-            f"MPS daemons: {len(dirs)} (one per device), "
-            f"pipe dirs under {dirs[0].rsplit('/', 2)[0]}"
-        )
+    return table
 
 
 @click.command()
