@@ -96,7 +96,9 @@ def test_instances_that_cannot_fit_even_on_an_empty_gpu_are_refused(fleet: Fleet
 def test_a_plan_that_cannot_fit_with_what_it_keeps_is_refused_as_a_whole(fleet: Fleet) -> None:
     # 2x 3g.20gb + 1g.5gb need 9 memory slices: no instance is worth destroying.
     inv = fleet({"model": "A100-40GB", "mig": ["3g.20gb", "1g.5gb"]})
-    with pytest.raises(MigError, match="1g.5gb, 3g.20gb, 3g.20gb on this GPU, which cannot fit"):
+    with pytest.raises(
+        MigError, match=r"1g\.5gb, 3g\.20gb, 3g\.20gb on this GPU, which cannot fit"
+    ):
         plan_commands(assert_layout("a=2x mig:3g.20gb, b=mig:1g.5gb", inv), inv)
 
 
