@@ -49,11 +49,22 @@ def emulated_environment() -> Iterator[Path]:
 
 
 @contextmanager
-def loaded(plan: str, root: Path, **options: object) -> Iterator[Layout]:
-    """parsl.load a gpuslice config of ``plan`` on two emulated H100s; clean up afterwards."""
+def loaded(
+    plan: str,
+    root: Path,
+    *,
+    fleet: str = FLEET_2XH100,
+    daemons: Layout | None = None,
+    **options: object,
+) -> Iterator[Layout]:
+    """parsl.load a gpuslice config of ``plan`` on an emulated fleet; clean up afterwards.
+
+    ``daemons`` is the layout whose MPS daemons to stop at the end (default: the plan on
+    ``fleet``; a node-local run starts the daemons of the node's layout instead).
+    """
     from gpuslice.parsl.config import layout_of
 
-    layout = layout_of(plan, FLEET_2XH100)
+    layout = layout_of(plan, fleet)
     # The user's own worker_init (kept by gpuslice, run first) lets workers import the test
     # modules whose functions they run, as a user's would activate their environment.
     provider = LocalProvider(
@@ -61,7 +72,7 @@ def loaded(plan: str, root: Path, **options: object) -> Iterator[Layout]:
     )
     config = parsl_config(
         plan,
-        fleet=FLEET_2XH100,
+        fleet=fleet,
         provider=provider,
         run_dir=str(root / "runinfo"),
         **options,
@@ -76,7 +87,8 @@ def loaded(plan: str, root: Path, **options: object) -> Iterator[Layout]:
             DataFlowKernelLoader.dfk().cleanup()
         finally:
             DataFlowKernelLoader.clear()
-            for pipe_dir in sorted({d for pool in layout.pools for d in pool.pipe_dirs}):
+            stopping = daemons or layout
+            for pipe_dir in sorted({d for pool in stopping.pools for d in pool.pipe_dirs}):
                 daemon.stop(pipe_dir, timeout=5)
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from parsl.dataflow.dflow import DataFlowKernelLoader
-from parsl.providers import LocalProvider, SlurmProvider
+from parsl.providers import SlurmProvider
 
 from gpuslice.cli import cli
 from gpuslice.errors import UsageError
@@ -21,7 +20,7 @@ from gpuslice.parsl.app import gpu_app
 from gpuslice.parsl.config import SLOTS_ENV, layout_of, parsl_config
 from gpuslice.parsl.worker import current_slice, prepare_worker
 from gpuslice.plan.resolve import resolve
-from tests.parsl.conftest import REPO, emulated_environment
+from tests.parsl.conftest import emulated_environment, loaded
 
 PLAN = "small=2x mps:25%/10GiB, batch=1x share"
 
@@ -127,29 +126,13 @@ def where_am_i() -> dict[str, str | None]:
 def test_tasks_run_on_the_devices_the_node_resolved(env_root: Path, tmp_path: Path) -> None:
     planning = node_fleet(tmp_path, "login")
     node = node_fleet(tmp_path, "n01")
-    provider = LocalProvider(
-        init_blocks=1, min_blocks=1, max_blocks=1, worker_init=f"export PYTHONPATH={REPO}"
-    )
-    config = parsl_config(
-        PLAN,
-        fleet=planning,
-        provider=provider,
-        node_local=True,
-        node_fleet=node,
-        run_dir=str(env_root / "runinfo"),
-    )
-    here = resolve(PLAN, load_fleet(node)).pool("small")
-    DataFlowKernelLoader.load(config)
-    try:
+    node_layout = resolve(PLAN, load_fleet(node))
+    here = node_layout.pool("small")
+    with loaded(
+        PLAN, env_root, fleet=planning, daemons=node_layout, node_local=True, node_fleet=node
+    ):
         app = gpu_app(pool="small")(where_am_i)
         seen = [f.result() for f in [app() for _ in range(16)]]
-    finally:
-        try:
-            DataFlowKernelLoader.dfk().cleanup()
-        finally:
-            DataFlowKernelLoader.clear()
-            for pipe_dir in here.pipe_dirs:
-                daemon.stop(pipe_dir, timeout=5)
     assert {s["CUDA_VISIBLE_DEVICES"] for s in seen} <= set(here.devices)
     assert {s["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] for s in seen} == {"25"}
     for s in seen:
