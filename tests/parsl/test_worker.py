@@ -100,3 +100,12 @@ def test_one_sm_granule_below_the_plan_is_accepted_and_no_more(
     else:
         with pytest.raises(SliceCheckError, match="fewer SMs than planned"):
             prepare_worker(env)
+
+
+def test_the_wrapped_function_travels_by_reference_not_by_value() -> None:
+    from parsl.serialize import serialize
+
+    from gpuslice.bench.task import warm_up
+
+    # A closure would be dill-pickled by value (kilobytes) and shipped with every task.
+    assert len(serialize(in_slice(warm_up))) < 4 * len(serialize(warm_up)) + 100

@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 from gpuslice.errors import GpusliceError
 from gpuslice.mps import env as mps_env
@@ -202,19 +202,32 @@ def prepare_worker(environ: MutableMapping[str, str] | None = None) -> SliceChec
         return done
 
 
+class _InSlice(Generic[P, R]):
+    """``func`` behind :func:`prepare_worker`; pickles as a reference to ``func``.
+
+    A closure would be pickled by value (several KB with dill) and shipped with every task;
+    this object travels as the class and ``func``'s importable name (tens of bytes).
+    """
+
+    def __init__(self, func: Callable[P, R]) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        prepare_worker()
+        return self.func(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[type[_InSlice[P, R]], tuple[Callable[P, R]]]:
+        return (type(self), (self.func,))
+
+
 def in_slice(func: Callable[P, R]) -> Callable[P, R]:
     """Wrap ``func`` so that it runs only after :func:`prepare_worker` succeeded in its process.
 
-    The wrapper keeps ``func``'s name, signature and docstring (``functools.wraps``), which
-    Parsl reads for its special keyword arguments and for caching.
+    The wrapper keeps ``func``'s name, signature and docstring (``functools.update_wrapper``),
+    which Parsl reads for its special keyword arguments and for caching.
     """
-
-    @functools.wraps(func)
-    def run_in_slice(*args: P.args, **kwargs: P.kwargs) -> R:
-        prepare_worker()
-        return func(*args, **kwargs)
-
-    return run_in_slice
+    return _InSlice(func)
 
 
 def current_slice() -> dict[str, str | None]:
