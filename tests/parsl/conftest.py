@@ -88,8 +88,8 @@ def loaded(
         finally:
             DataFlowKernelLoader.clear()
             stopping = daemons or layout
-            for pipe_dir in sorted({d for pool in stopping.pools for d in pool.pipe_dirs}):
-                daemon.stop(pipe_dir, timeout=5)
+            for d in stopping.daemons:
+                daemon.stop(d.pipe_dir, timeout=5)
 
 
 @pytest.fixture(scope="module")

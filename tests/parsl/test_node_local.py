@@ -17,8 +17,8 @@ from gpuslice.hardware.fleet import load_fleet
 from gpuslice.mps import daemon
 from gpuslice.mps.env import parse_device_map
 from gpuslice.parsl.app import gpu_app
-from gpuslice.parsl.config import SLOTS_ENV, layout_of, parsl_config
-from gpuslice.parsl.worker import current_slice, prepare_worker
+from gpuslice.parsl.config import layout_of, parsl_config
+from gpuslice.parsl.worker import SLOTS_ENV, current_slice, prepare_worker
 from gpuslice.plan.resolve import resolve
 from tests.parsl.conftest import emulated_environment, loaded
 

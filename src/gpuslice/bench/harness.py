@@ -29,11 +29,9 @@ from gpuslice.bench.task import run_task, warm_up
 from gpuslice.bench.workloads import WORKLOADS
 from gpuslice.errors import UsageError
 from gpuslice.hardware.inventory import Inventory
+from gpuslice.mps.control import CONTROL_ENV, EMULATED_PROGRAM
 from gpuslice.plan.layout import Layout
 from gpuslice.plan.resolve import resolve
-
-EMULATED_CONTROL_ENV = "GPUSLICE_MPS_CONTROL"
-EMULATED_CONTROL = "gpuslice-emulated-mps-control"
 
 #: Workload mixes: (workload, size preset, share of the tasks).
 MIXES: dict[str, tuple[tuple[str, str, float], ...]] = {
@@ -169,8 +167,8 @@ def _batches(tasks: Sequence[TaskSpec], size: int) -> list[tuple[TaskSpec, list[
 def _stop_daemons(layout: Layout) -> None:
     from gpuslice.mps.daemon import stop
 
-    for pipe_dir in sorted({s.mps_pipe_dir for s in layout.slices if s.mps_pipe_dir}):
-        stop(pipe_dir)
+    for d in layout.daemons:
+        stop(d.pipe_dir)
 
 
 def run_arrangement(
@@ -199,7 +197,7 @@ def run_arrangement(
 
     emulated = inventory.emulated
     if emulated:  # this process stops the emulated daemons the workers started
-        os.environ.setdefault(EMULATED_CONTROL_ENV, EMULATED_CONTROL)
+        os.environ.setdefault(CONTROL_ENV, EMULATED_PROGRAM)
     layout = resolve(json.dumps(arrangement.plan), inventory)
     workers = len(layout.slices)
     owned_run_dir = run_dir is None

@@ -26,13 +26,9 @@ def _targets(
         from gpuslice.plan.resolve import resolve
 
         layout = resolve(plan, inventory(fleet))
-        seen: dict[str, tuple[str, str, str | None]] = {}
-        for s in layout.slices:
-            if s.mps_pipe_dir and s.mps_log_dir:
-                seen.setdefault(s.mps_pipe_dir, (s.mps_pipe_dir, s.mps_log_dir, s.device))
-        if not seen:
+        if not layout.daemons:
             raise UsageError("the plan has no MPS slices, so it needs no MPS daemon")
-        return list(seen.values())
+        return [(d.pipe_dir, d.log_dir, d.device) for d in layout.daemons]
     pipe_dir = pipe_dir or os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
     if not pipe_dir:
         raise UsageError(

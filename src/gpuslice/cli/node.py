@@ -39,12 +39,8 @@ def worker_init(plan_text: str, pool: str, slots: int, fleet: str | None, no_ens
     from gpuslice.hardware.inventory import discover
     from gpuslice.mps.daemon import ensure
     from gpuslice.mps.env import export_lines
-    from gpuslice.parsl.config import (
-        SLOTS_ENV,
-        pool_exports,
-        register_emulated_devices,
-        slot_names,
-    )
+    from gpuslice.parsl.config import pool_exports, register_emulated_devices, slot_names
+    from gpuslice.parsl.worker import SLOTS_ENV
     from gpuslice.plan.resolve import resolve
 
     layout = resolve(plan_text, discover(fleet))
@@ -60,9 +56,8 @@ def worker_init(plan_text: str, pool: str, slots: int, fleet: str | None, no_ens
     if layout.emulated:
         register_emulated_devices(layout)
     if not no_ensure:
-        for s in here.slices:
-            if s.mps_pipe_dir is not None and s.mps_log_dir is not None:
-                ensure(s.mps_pipe_dir, s.mps_log_dir, s.device)
+        for d in here.daemons:  # once per device, not once per slice
+            ensure(d.pipe_dir, d.log_dir, d.device)
     env = pool_exports(layout, here, fleet=fleet)
     env[SLOTS_ENV] = ";".join(
         f"{slot}={s.device}" for slot, s in zip(slot_names(here), here.slices, strict=True)

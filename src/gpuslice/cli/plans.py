@@ -54,11 +54,11 @@ def show(plan_source: str, fleet: str | None, as_json: bool) -> None:
         print_json(layout.to_dict())
         return
     console.print(layout_table(layout))
-    dirs = sorted({s.mps_pipe_dir for s in layout.slices if s.mps_pipe_dir})
-    if dirs:
+    daemons = layout.daemons
+    if daemons:
         console.print(
-            f"MPS daemons: {len(dirs)} (one per device), "
-            f"pipe dirs under {dirs[0].rsplit('/', 2)[0]}"
+            f"MPS daemons: {len(daemons)} (one per device), "
+            f"pipe dirs under {daemons[0].pipe_dir.rsplit('/', 2)[0]}"
         )
 
 

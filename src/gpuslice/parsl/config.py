@@ -55,6 +55,7 @@ from gpuslice.errors import UsageError
 from gpuslice.hardware.inventory import discover
 from gpuslice.mps import control
 from gpuslice.mps import env as mps_env
+from gpuslice.parsl.worker import EMULATED_ENV, EXPECTED_SMS_ENV
 from gpuslice.plan.layout import Layout, PoolLayout
 from gpuslice.plan.load import load_plan
 from gpuslice.plan.resolve import resolve
@@ -77,14 +78,8 @@ __all__ = [
 
 #: Attribute set on each executor gpuslice builds: the pool's name (how gpu_app finds pools).
 POOL_ATTR = "gpuslice_pool"
-#: ``<device>=<SMs>;…``: the SMs CUDA should report inside each device's slice of the pool.
-EXPECTED_SMS_ENV = "GPUSLICE_EXPECTED_SMS"
-#: ``1`` when the pool runs on the emulated GPU (workers check the emulated limit).
-EMULATED_ENV = "GPUSLICE_EMULATED"
 #: The fleet file of an emulated layout.
 FLEET_ENV = "GPUSLICE_FLEET"
-#: ``<slot>=<device>;…``: which device each accelerator slot of a node-local pool is.
-SLOTS_ENV = "GPUSLICE_SLOTS"
 #: Accelerator names of node-local pools (not integers: Parsl would remap those).
 SLOT_PREFIX = "gpuslice-slot-"
 
@@ -156,17 +151,6 @@ def _expected_sms(pool: PoolLayout) -> str:
     return ";".join(f"{device}={count}" for device, count in sms.items())
 
 
-def _daemons(pool: PoolLayout) -> list[tuple[str, str, str]]:
-    """(device, pipe dir, log dir) of every MPS daemon the pool needs, in first-use order."""
-    seen: dict[str, tuple[str, str, str]] = {}
-    for s in pool.slices:
-        if s.mps_pipe_dir is None or s.device in seen:
-            continue
-        log_dir = s.mps_log_dir or str(Path(s.mps_pipe_dir).parent / "log")
-        seen[s.device] = (s.device, s.mps_pipe_dir, log_dir)
-    return list(seen.values())
-
-
 def pool_worker_init(
     layout: Layout, pool: PoolLayout | str, *, fleet: str | Path | None = None
 ) -> str:
@@ -191,11 +175,12 @@ def pool_worker_init(
     env = pool_exports(layout, pool, fleet=fleet)
     command = shlex.quote(gpuslice_command())
     lines = [*_preamble(pool, f"{len(pool.slices)} slices"), mps_env.export_lines(env).rstrip("\n")]
-    for device, pipe_dir, log_dir in _daemons(pool):
+    for d in pool.daemons:
         lines.append(
-            f"{command} mps ensure --pipe-dir {shlex.quote(pipe_dir)} "
-            f"--log-dir {shlex.quote(log_dir)} --device {shlex.quote(device)} "
-            f'|| {{ echo "gpuslice: no MPS daemon for {device}; pool {pool.name} not started" >&2; '
+            f"{command} mps ensure --pipe-dir {shlex.quote(d.pipe_dir)} "
+            f"--log-dir {shlex.quote(d.log_dir)} --device {shlex.quote(d.device)} "
+            f'|| {{ echo "gpuslice: no MPS daemon for {d.device}; '
+            f'pool {pool.name} not started" >&2; '
             "exit 1; }"
         )
     return "\n".join(lines) + "\n"

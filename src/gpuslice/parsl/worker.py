@@ -46,10 +46,13 @@ R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
 
-# Names exported by gpuslice.parsl.config (repeated here so a worker never imports Parsl's
-# configuration machinery just to read its environment).
+# What a pool's worker_init exports for its workers (gpuslice.parsl.config imports these
+# names from here, so a worker never imports Parsl's configuration machinery).
+#: ``<device>=<SMs>;…``: the SMs CUDA should report inside each device's slice of the pool.
 EXPECTED_SMS_ENV = "GPUSLICE_EXPECTED_SMS"
+#: ``1`` when the pool runs on the emulated GPU (workers check the emulated limit).
 EMULATED_ENV = "GPUSLICE_EMULATED"
+#: ``<slot>=<device>;…``: which device each accelerator slot of a node-local pool is.
 SLOTS_ENV = "GPUSLICE_SLOTS"
 
 #: MPS rounds a thread percentage down to a hardware granule. The plan's figure already

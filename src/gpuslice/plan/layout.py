@@ -9,9 +9,19 @@ It serialises to plain JSON (``gpuslice plan show --json``) and loads back uncha
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import PurePath
 from typing import Any, Literal
 
 SliceKind = Literal["mps", "mig", "share"]
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One MPS control daemon a layout needs: the device it serves and its directories."""
+
+    device: str
+    pipe_dir: str
+    log_dir: str
 
 
 @dataclass(frozen=True)
@@ -77,13 +87,14 @@ class PoolLayout:
         return tuple(s.device for s in self.slices)
 
     @property
+    def daemons(self) -> tuple[Daemon, ...]:
+        """The MPS daemons the pool's workers need, one per device, in first-use order."""
+        return _daemons(self.slices)
+
+    @property
     def pipe_dirs(self) -> tuple[str, ...]:
         """Distinct MPS pipe directories the pool's workers need, in first-use order."""
-        seen: dict[str, None] = {}
-        for s in self.slices:
-            if s.mps_pipe_dir is not None:
-                seen.setdefault(s.mps_pipe_dir, None)
-        return tuple(seen)
+        return tuple(d.pipe_dir for d in self.daemons)
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,11 @@ class Layout:
         """Every slice of every pool."""
         return tuple(s for p in self.pools for s in p.slices)
 
+    @property
+    def daemons(self) -> tuple[Daemon, ...]:
+        """Every MPS daemon the layout needs (pools on one device share its daemon)."""
+        return _daemons(self.slices)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (``gpuslice plan show --json``); :meth:`from_dict` loads it back."""
         return {
@@ -158,3 +174,12 @@ class Layout:
             emulated=bool(data.get("emulated", False)),
             plan_text=data.get("plan", ""),
         )
+
+
+def _daemons(slices: tuple[Slice, ...]) -> tuple[Daemon, ...]:
+    seen: dict[str, Daemon] = {}
+    for s in slices:
+        if s.mps_pipe_dir is not None and s.mps_pipe_dir not in seen:
+            log_dir = s.mps_log_dir or str(PurePath(s.mps_pipe_dir).parent / "log")
+            seen[s.mps_pipe_dir] = Daemon(s.device, s.mps_pipe_dir, log_dir)
+    return tuple(seen.values())
