@@ -228,12 +228,12 @@ def test_clients_beyond_48_per_device_are_refused(dirs: Dirs) -> None:
             client.wait()
 
 
-def test_register_without_a_daemon_returns_false(dirs: Dirs) -> None:
+def test_register_without_a_daemon_returns_none(dirs: Dirs) -> None:
     assert (
         mps_control.register_client(
             dirs.pipe, os.getpid(), active_thread_percentage=50, pinned_mem_limit=None
         )
-        is False
+        is None
     )
 
 

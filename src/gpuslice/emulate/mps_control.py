@@ -125,13 +125,36 @@ def _request(pipe_dir: str, line: str, timeout: float = _REQUEST_TIMEOUT_S) -> t
         raise OSError(f"the daemon at {path} sent an unreadable reply") from err
 
 
+@dataclass(frozen=True)
+class ClientGrant:
+    """What the daemon gave a client at context creation.
+
+    Attributes:
+        server_pid: the MPS server the client is attached to.
+        daemon_pid: the control daemon that started that server.
+        active_thread_percentage: the client's effective limit: the lower of its own
+            ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and its server's percentage (NVIDIA: a client
+            value "cannot be higher" than the server's).
+        pinned_mem_limit: the client's effective ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` value for
+            its devices (``0=8192M``), or None for no cap.
+    """
+
+    server_pid: int
+    daemon_pid: int
+    active_thread_percentage: float
+    pinned_mem_limit: str | None
+
+    def __bool__(self) -> bool:  # a grant is a "yes, connected"
+        return True
+
+
 def register_client(
     pipe_dir: str,
     pid: int,
     *,
-    active_thread_percentage: int | None,
+    active_thread_percentage: int | float | None,
     pinned_mem_limit: str | None,
-) -> bool:
+) -> ClientGrant | None:
     """Connect an emulated CUDA client to the daemon of ``pipe_dir``, as context creation does.
 
     Args:
@@ -141,7 +164,8 @@ def register_client(
         pinned_mem_limit: the client's ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` value, if set.
 
     Returns:
-        False when no daemon answers: a real CUDA client then runs without MPS, silently.
+        What the daemon granted, or None when no daemon answers: a real CUDA client then runs
+        without MPS, silently.
 
     Raises:
         MpsError: the daemon refused the client (the device already has
@@ -155,10 +179,16 @@ def register_client(
     try:
         accepted, out = _request(pipe_dir, f"{_REGISTER} {pid} {percentage} {pinned}")
     except OSError:
-        return False
+        return None
     if not accepted:
         raise MpsError(f"MPS client {pid} refused by the daemon of {pipe_dir}: {out}")
-    return True
+    fields = dict(item.split("=", 1) for item in out.split())
+    return ClientGrant(
+        server_pid=int(fields["server"]),
+        daemon_pid=int(fields["daemon"]),
+        active_thread_percentage=float(fields["atp"]),
+        pinned_mem_limit=None if fields["pinned"] == "-" else fields["pinned"],
+    )
 
 
 def unregister_client(pipe_dir: str, pid: int) -> None:
@@ -388,8 +418,10 @@ class _Daemon:
         atp = server.active_thread_percentage
         if client_atp is not None:
             atp = min(atp, client_atp)
+        if pinned is None and "0" in server.pinned_limits:
+            pinned = f"0={server.pinned_limits['0']}"
         server.clients[pid] = _Client(pid, atp, pinned)
-        return ""
+        return f"server={server.pid} daemon={os.getpid()} atp={atp:g} pinned={pinned or '-'}"
 
     def cmd_unregister(self, args: list[str], _uid: int) -> str:
         _arity(args, 1, "unregister <pid>")

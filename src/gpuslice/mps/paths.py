@@ -23,6 +23,41 @@ def default_root() -> Path:
     return Path(tempfile.gettempdir()) / f"gpuslice-{os.getuid()}" / "mps"
 
 
+#: The longest name NVIDIA's control daemon creates in its pipe directory (observed with
+#: driver 535: ``control``, ``control_lock``, ``control_privileged``, ``log``).
+LONGEST_PIPE_ENTRY = "control_privileged"
+#: Longest device name a pipe directory is keyed by: ``GPU-``/``MIG-`` and a 36-character UUID.
+LONGEST_DEVICE = "MIG-" + "0" * 36
+#: Bytes of a unix socket path, without its terminating NUL (``sun_path`` is 108 on Linux).
+SOCKET_PATH_MAX = 107
+
+
+def root_problems(root: str) -> list[str]:
+    """Why ``root`` cannot hold gpuslice's MPS directories (empty when it can).
+
+    The one place the rules for an MPS root live: plan validation, ``parsl_config``,
+    ``gpuslice mps ensure`` and the workers all call it. A root must be absolute (every node
+    and worker resolves it the same way), free of the ``;`` and ``=`` that separate gpuslice's
+    device maps and of control characters, and short enough that the daemon's sockets fit the
+    unix socket path limit.
+    """
+    problems: list[str] = []
+    if not root.startswith("/"):
+        problems.append(f"{root!r} is not an absolute path")
+    bad = sorted({c for c in root if c in ";=" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        listed = ", ".join(map(repr, bad))
+        problems.append(f"{root!r} contains {listed}, which gpuslice cannot pass")
+    longest = pipe_dir(root, LONGEST_DEVICE) + "/" + LONGEST_PIPE_ENTRY
+    if len(longest.encode()) > SOCKET_PATH_MAX:
+        spare = len(root.encode()) - (len(longest.encode()) - SOCKET_PATH_MAX)
+        problems.append(
+            f"{root!r} is too long: its daemons' sockets ({longest}) would exceed the "
+            f"{SOCKET_PATH_MAX}-byte unix socket path limit; use a root of at most {spare} bytes"
+        )
+    return problems
+
+
 def pipe_dir(root: Path | str, device: str) -> str:
     """Pipe directory of the daemon serving ``device`` (a ``GPU-…`` or ``MIG-…`` UUID)."""
     return str(Path(root) / device / "pipe")
