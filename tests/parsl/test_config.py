@@ -1,22 +1,22 @@
-"""parsl_config without starting Parsl: executors, worker_init, providers, Slurm scripts."""
+"""parsl_config without starting Parsl: executors, the shared node group, providers, Slurm scripts."""
 
 from __future__ import annotations
 
 import glob
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
+from parsl.launchers import SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
 from gpuslice.errors import UsageError
-from gpuslice.parsl.config import (
-    POOL_ATTR,
-    gpuslice_command,
-    layout_of,
-    parsl_config,
-    pool_worker_init,
-)
+from gpuslice.parsl.config import gpuslice_command, layout_of, parsl_config
+from gpuslice.parsl.executor import TASK_EXECUTOR, SliceExecutor
+from gpuslice.parsl.group import NodeGroup, PoolProvider
+from gpuslice.parsl.node import decode_spec
+from gpuslice.plan.layout import Layout, PoolLayout, Slice
 from tests.parsl.conftest import FLEET_2XH100, emulated_environment
 
 PLAN = "small=2x mps:25%/10GiB, large=1x mps:50%/20GiB, batch=1x share"
@@ -28,118 +28,126 @@ def _private_dirs() -> object:
         yield root
 
 
-def test_one_executor_per_pool_labelled_with_the_pools_name() -> None:
+def group_of(config: Any) -> NodeGroup:
+    groups = {id(e.provider.group): e.provider.group for e in config.executors}
+    assert len(groups) == 1
+    return next(iter(groups.values()))
+
+
+def test_one_slice_executor_per_pool_labelled_with_the_pools_name() -> None:
     config = parsl_config(PLAN, fleet=FLEET_2XH100)
     assert [e.label for e in config.executors] == ["small", "large", "batch"]
-    assert [getattr(e, POOL_ATTR) for e in config.executors] == ["small", "large", "batch"]
+    assert all(isinstance(e, SliceExecutor) for e in config.executors)
+    assert [e.pool for e in config.executors] == ["small", "large", "batch"]
 
 
-def test_accelerators_are_the_slices_device_uuids_one_worker_each() -> None:
+def test_each_pool_gets_one_worker_per_slice_of_a_node() -> None:
     layout = layout_of(PLAN, FLEET_2XH100)
     config = parsl_config(layout)
     for executor, pool in zip(config.executors, layout.pools, strict=True):
-        assert executor.available_accelerators == list(pool.devices)
-        assert all(a.startswith("GPU-") for a in executor.available_accelerators)
         assert executor.max_workers_per_node == len(pool.slices)
+        assert len(executor.available_accelerators) == len(pool.slices)
+        assert executor.workers_per_node == len(pool.slices)
 
 
-def test_mps_pools_ensure_each_of_their_daemons_and_stop_the_block_otherwise() -> None:
-    layout = layout_of(PLAN, FLEET_2XH100)
-    lines = pool_worker_init(layout, "small")
-    ensures = [line for line in lines.splitlines() if " mps ensure " in line]
-    assert len(ensures) == 2
-    for line, (device, pipe_dir) in zip(
-        ensures, [(s.device, s.mps_pipe_dir) for s in layout.pool("small").slices[::2]], strict=True
-    ):
-        assert f"--device {device}" in line
-        assert f"--pipe-dir {pipe_dir}" in line
-        assert line.startswith(gpuslice_command())
-        assert line.endswith("exit 1; }")
-
-
-def test_share_pools_start_no_daemon() -> None:
-    lines = pool_worker_init(layout_of(PLAN, FLEET_2XH100), "batch")
-    assert "mps ensure" not in lines
-    assert "export GPUSLICE_POOL=batch" in lines
-    assert "GPUSLICE_MPS_PIPE_DIRS" not in lines
-
-
-def test_worker_init_exports_the_pools_limits_and_the_emulated_gpu() -> None:
-    lines = pool_worker_init(layout_of(PLAN, FLEET_2XH100), "small")
-    assert "export CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25\n" in lines
-    assert "export CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=10240M\n" in lines
-    assert "export GPUSLICE_MPS_CONTROL=gpuslice-emulated-mps-control\n" in lines
-    assert f"export GPUSLICE_FLEET={Path(FLEET_2XH100).resolve()}\n" in lines
-    assert "export GPUSLICE_EMULATED=1\n" in lines
-    assert "GPUSLICE_EXPECTED_SMS=" in lines
-
-
-def test_the_users_provider_and_worker_init_are_kept_and_extended() -> None:
+def test_every_pool_shares_one_node_group_around_one_copy_of_the_provider() -> None:
     provider = LocalProvider(worker_init="module load cuda\nsource ~/env/bin/activate")
     config = parsl_config(PLAN, fleet=FLEET_2XH100, provider=provider)
-    assert provider.worker_init == "module load cuda\nsource ~/env/bin/activate"
-    for executor in config.executors:
-        assert executor.provider is not provider
-        assert isinstance(executor.provider, LocalProvider)
-        mine = executor.provider.worker_init
-        assert mine.startswith("module load cuda\nsource ~/env/bin/activate\n")
-        assert f"export GPUSLICE_POOL={executor.label}\n" in mine
+    group = group_of(config)
+
+    assert all(isinstance(e.provider, PoolProvider) for e in config.executors)
+    assert group.provider is not provider
+    assert isinstance(group.provider, LocalProvider)
+    # The user's worker_init is theirs alone: gpuslice adds nothing to it.
+    assert group.provider.worker_init == provider.worker_init
+    assert group.pools == ["small", "large", "batch"]
+
+
+def test_the_launch_command_is_parsls_worker_pool_without_count_and_accelerators() -> None:
+    executor = parsl_config(PLAN, fleet=FLEET_2XH100).executors[0]
+    assert "process_worker_pool.py" in executor.launch_cmd
+    assert "--block_id={{block_id}}" in executor.launch_cmd
+    assert "{accelerators}" not in executor.launch_cmd
+    assert "{max_workers_per_node}" not in executor.launch_cmd
+
+
+def test_the_node_spec_carries_the_plan_the_pool_sizes_and_the_fleet() -> None:
+    group = group_of(parsl_config(PLAN, fleet=FLEET_2XH100))
+    spec = group.spec
+    assert spec.pools == {"small": 4, "large": 2, "batch": 2}
+    assert spec.plan is not None
+    assert set(spec.plan["pools"]) == {"small", "large", "batch"}
+    assert spec.fleet == str(Path(FLEET_2XH100).resolve())
+    assert spec.emulated
+
+
+def test_a_layout_travels_as_a_layout() -> None:
+    layout = layout_of(PLAN, FLEET_2XH100)
+    spec = group_of(parsl_config(layout)).spec
+    assert spec.plan is None
+    assert spec.layout == layout.to_dict()
+
+
+def test_emulated_false_lets_a_fleet_size_pools_for_nodes_that_use_nvml() -> None:
+    spec = group_of(parsl_config(PLAN, fleet=FLEET_2XH100, emulated=False)).spec
+    assert spec.fleet is None
+    assert not spec.emulated
 
 
 def test_the_default_provider_keeps_one_local_block() -> None:
-    provider = parsl_config(PLAN, fleet=FLEET_2XH100).executors[0].provider
+    provider = group_of(parsl_config(PLAN, fleet=FLEET_2XH100)).provider
     assert isinstance(provider, LocalProvider)
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 1, 1)
 
 
-def _render_slurm(executor: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    slurm = executor.provider
+def test_a_local_provider_with_several_blocks_is_refused() -> None:
+    with pytest.raises(UsageError, match="max_blocks=1"):
+        parsl_config(PLAN, fleet=FLEET_2XH100, provider=LocalProvider(max_blocks=2))
+
+
+def test_multi_node_blocks_need_a_launcher_that_reaches_every_node() -> None:
+    one_node = SlurmProvider(nodes_per_block=2, launcher=SingleNodeLauncher())
+    with pytest.raises(UsageError, match="SrunLauncher"):
+        parsl_config(PLAN, fleet=FLEET_2XH100, provider=one_node)
+    every_node = SlurmProvider(nodes_per_block=2, launcher=SrunLauncher())
+    assert len(parsl_config(PLAN, fleet=FLEET_2XH100, provider=every_node).executors) == 3
+
+
+def _render_slurm(group: NodeGroup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    slurm = group.provider
     slurm.script_dir = str(tmp_path)
     # Render the script through Parsl's own submit path; only sbatch itself is stood in for.
     monkeypatch.setattr(
         slurm, "execute_wait", lambda cmd, timeout=None: (0, "Submitted batch job 42", "")
     )
-    assert slurm.submit("process_worker_pool.py --block_id=0", tasks_per_node=1) == "42"
-    [script_path] = glob.glob(str(tmp_path / "parsl.slurm.*[0-9]"))
+    for pool in group.pools:
+        group.view(pool).submit(f"/venv/bin/process_worker_pool.py --pool-of {pool}", 1)
+    [script_path] = glob.glob(str(tmp_path / "gpuslice.*"))
     return Path(script_path).read_text()
 
 
-def test_the_slurm_submit_script_carries_the_pools_worker_init(
+def test_one_slurm_job_runs_node_run_with_every_pools_worker_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # node_local=False: the plan was resolved on the node itself (e.g. an interactive job).
     provider = SlurmProvider(partition="gpu", worker_init="source ~/env/bin/activate")
-    executor = parsl_config(
-        PLAN, fleet=FLEET_2XH100, provider=provider, node_local=False
-    ).executors[0]
-    script = _render_slurm(executor, tmp_path, monkeypatch)
+    group = group_of(parsl_config(PLAN, fleet=FLEET_2XH100, provider=provider))
+    script = _render_slurm(group, tmp_path, monkeypatch)
+
     assert script.startswith("#!/bin/bash")
     assert "#SBATCH --partition=gpu" in script
-    activate = script.index("source ~/env/bin/activate")
-    pool = script.index("export GPUSLICE_POOL=small")
-    ensure = script.index("gpuslice mps ensure --pipe-dir")
-    worker = script.index("process_worker_pool.py")
-    assert activate < pool < ensure < worker
-    assert "export CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25" in script
-
-
-def test_the_slurm_submit_script_resolves_the_plan_on_the_node_by_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    provider = SlurmProvider(partition="gpu", worker_init="source ~/env/bin/activate")
-    executor = parsl_config(PLAN, fleet=FLEET_2XH100, provider=provider).executors[0]
-    script = _render_slurm(executor, tmp_path, monkeypatch)
-    activate = script.index("source ~/env/bin/activate")
-    resolve_on_node = script.index("worker-init --pool small --slots")
-    exports = script.index('eval "$_gpuslice_env"')
-    worker = script.index("process_worker_pool.py")
-    assert activate < resolve_on_node < exports < worker
-    assert executor.available_accelerators == [f"gpuslice-slot-{i}" for i in range(4)]
+    assert script.index("source ~/env/bin/activate") < script.index(" node-run ")
+    line = next(x for x in script.splitlines() if " node-run " in x)
+    words = shlex.split(line)
+    assert words[0] == gpuslice_command()
+    for pool in ("small", "large", "batch"):
+        assert f"{pool}=/venv/bin/process_worker_pool.py --pool-of {pool}" in words
 
 
 def test_executor_options_the_plan_decides_are_refused() -> None:
     with pytest.raises(UsageError, match="max_workers_per_node"):
         parsl_config(PLAN, fleet=FLEET_2XH100, max_workers_per_node=8)
+    with pytest.raises(UsageError, match="launch_cmd"):
+        parsl_config(PLAN, fleet=FLEET_2XH100, launch_cmd="x")
 
 
 def test_other_executor_options_reach_every_executor() -> None:
@@ -161,3 +169,46 @@ def test_the_emulated_devices_are_registered_for_the_workers() -> None:
     devices = {d.uuid: d for d in registered_devices()}
     assert set(devices) == {s.device for s in layout.slices}
     assert all(d.sm_count == 132 for d in devices.values())
+
+
+def test_tasks_are_submitted_through_gpuslices_task_executor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executor = parsl_config(PLAN, fleet=FLEET_2XH100).executors[0]
+    sent: list[tuple[dict[str, Any], bytes]] = []
+    monkeypatch.setattr(executor, "submit_payload", lambda ctx, buf: sent.append((ctx, buf)))
+
+    executor.submit(print, {}, "hello")
+
+    ((context, buffer),) = sent
+    assert context == {"task_executor": {"f": TASK_EXECUTOR}}
+    assert isinstance(buffer, bytes)
+
+
+def hostile_layout() -> Layout:
+    """A layout whose names would run commands if they reached shell text unquoted.
+
+    Built directly from the dataclasses, as code that bypasses every loader could: whatever
+    validation the loaders do, the shell text gpuslice writes must quote it.
+    """
+    device = "GPU-$(touch /tmp/gpuslice-pwned)"
+    bad = Slice("p;rm -rf ~\n", 0, "share", 0, device, device, sm_count=132, memory_total_mib=1)
+    return Layout((PoolLayout("p;rm -rf ~\n", "share", (bad,)),), "fleet:x", emulated=False)
+
+
+def test_nothing_user_supplied_reaches_the_job_script_unquoted() -> None:
+    layout = hostile_layout()
+    group = group_of(parsl_config(layout, emulated=False))
+    command = group.node_command(
+        group.nodes[0] if group.nodes else _node_with(group, "worker $(id)")
+    )
+    words = shlex.split(command)
+    assert words[1:3] == ["node-run", "--spec"]
+    assert words[4:] == ["--pool", "p;rm -rf ~\n=worker $(id)"]
+    assert decode_spec(words[3]).layout == layout.to_dict()
+
+
+def _node_with(group: NodeGroup, command: str) -> Any:
+    from gpuslice.parsl.group import _Node
+
+    return _Node(index=0, created=0.0, commands=dict.fromkeys(group.pools, command))

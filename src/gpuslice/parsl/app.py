@@ -14,8 +14,9 @@ futures as arguments (dependencies), honours ``Config(retries=…)``, and accept
 ``cache``, ``ignore_for_cache`` and ``data_flow_kernel``. The pool is looked up in the loaded
 configuration at the first call (the decorator may run before ``parsl.load``): ``pool=None``
 picks the only pool there is, and a pool that is not there is a :class:`~gpuslice.UsageError`
-that lists the pools there are. In the worker, :func:`gpuslice.parsl.worker.prepare_worker`
-runs before the function's first task in that process.
+that lists the pools there are. In the worker, every task of a gpuslice executor runs through
+gpuslice's slice guard (:func:`gpuslice.parsl.worker.execute_task`), gpu_app's and python_app's
+alike: a gpu_app adds only the routing.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from parsl.dataflow.futures import AppFuture
 from parsl.errors import NoDataFlowKernelError
 
 from gpuslice.errors import UsageError
-from gpuslice.parsl.config import POOL_ATTR
-from gpuslice.parsl.worker import current_slice, in_slice
+from gpuslice.parsl.executor import SliceExecutor
+from gpuslice.parsl.worker import current_slice
 
 __all__ = ["GpuApp", "current_slice", "gpu_app", "pools_of"]
 
@@ -46,7 +47,7 @@ _INTERNAL = "_parsl_internal"
 def pools_of(dfk: DataFlowKernel) -> tuple[str, ...]:
     """Labels of the gpuslice pools in a loaded configuration, in configuration order."""
     return tuple(
-        label for label, executor in dfk.executors.items() if getattr(executor, POOL_ATTR, None)
+        label for label, executor in dfk.executors.items() if isinstance(executor, SliceExecutor)
     )
 
 
@@ -94,8 +95,6 @@ class GpuApp(Generic[P, R]):
         self.data_flow_kernel = data_flow_kernel
         self.cache = cache
         self.ignore_for_cache = list(ignore_for_cache) if ignore_for_cache else None
-        # Built once: Parsl caches a function's serialised form by identity.
-        self._task_func = in_slice(func)
         self._bound: tuple[weakref.ref[DataFlowKernel], str, PythonApp] | None = None
         functools.update_wrapper(self, func)
 
@@ -123,7 +122,7 @@ class GpuApp(Generic[P, R]):
             return bound[2]
         label = _choose(self.pool, dfk, self.func.__name__)
         app = PythonApp(  # type: ignore[no-untyped-call]
-            self._task_func,
+            self.func,
             data_flow_kernel=dfk,
             cache=self.cache,
             executors=[label],

@@ -1,107 +1,80 @@
-"""A Parsl configuration for a partition plan: one HighThroughputExecutor per pool.
+"""A Parsl configuration for a partition plan: one executor per pool, one job per node for all.
 
-Each pool becomes an executor labelled with the pool's name. Its workers are its slices:
+Each pool becomes a :class:`~gpuslice.parsl.executor.SliceExecutor` (Parsl's
+HighThroughputExecutor, every task guarded) labelled with the pool's name, whose workers are the
+pool's slices. All pools share one :class:`~gpuslice.parsl.group.NodeGroup` wrapping the user's
+provider (default: one block on this machine, ``LocalProvider(init_blocks=1, min_blocks=1,
+max_blocks=1)``): a block is a node that runs every pool's workers, so each node's GPUs are cut
+exactly as the plan says, and scaling adds and removes whole nodes.
 
-- ``available_accelerators`` lists the slices' device UUIDs (``GPU-…``/``MIG-…``), one entry
-  per worker, repeated where several slices share a GPU. Never indices: Parsl's worker remaps an
-  integer entry (``int(acc) // (workers // n_gpus)``) when ``nvidia-smi`` works.
-- ``max_workers_per_node`` is the number of the pool's slices, so each slice gets one worker.
-- ``worker_init`` (run by the block's shell before the worker pool starts, so what it exports
-  reaches every worker) exports the pool's environment (:func:`gpuslice.mps.env.pool_environment`:
-  compute and memory limits, the pool name, the per-device MPS pipe and log directories), the SMs
-  each device's slice should see (``GPUSLICE_EXPECTED_SMS``), and for MPS pools runs
-  ``gpuslice mps ensure`` for every daemon the pool needs; a daemon that does not answer ends the
-  block (``|| exit 1``), so no worker starts where its limits would not hold. Inside the worker,
-  :func:`gpuslice.parsl.worker.prepare_worker` then picks its device's pipe directory and checks
-  the limit it really got before the first task.
+On each node, ``gpuslice node-run`` (:mod:`gpuslice.parsl.node`) resolves the plan against that
+node's GPUs, starts the MPS daemons, and starts one Parsl worker pool per (pool, device) with the
+slice's environment already exported, so every kind of task (gpu_app, python_app, bash_app) runs
+in its slice. Here, the plan is resolved only to size each pool (its slices per node), against
+``fleet`` (GPUs described in a file: the emulated GPU, or a cluster's compute node seen from a login
+node) or this machine's GPUs: nodes must have the GPUs the plan was sized for, and node-run refuses
+a node that gives a pool another number of slices.
 
-A user's provider (Slurm, PBS, Kubernetes, …) is deep-copied for each pool and its own
-``worker_init`` is kept and runs first (it typically activates the Python environment), then
-gpuslice's lines. The default provider runs one block on this machine
-(``LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)``).
-
-An emulated layout (GPUs described by a fleet file) additionally exports
-``GPUSLICE_MPS_CONTROL=gpuslice-emulated-mps-control``, ``GPUSLICE_FLEET``,
-``GPUSLICE_EMULATE_DIR`` and ``GPUSLICE_EMULATED=1``, and registers the emulated devices
-(:func:`gpuslice.emulate.kernel.register_devices`) so emulated kernels know each device's SMs and
-memory.
-
-Clusters (node-local pools): device UUIDs belong to one node, so for a provider other than
-LocalProvider (``node_local`` defaults on) the plan is resolved here only to size each pool,
-against ``fleet`` (describing a compute node) or this machine's GPUs. The executor's
-accelerators are then slot names (``gpuslice-slot-<rank>``), and ``worker_init`` runs
-``gpuslice worker-init`` on the node the block lands on: it resolves the plan against that
-node's GPUs, refuses a node that gives the pool another number of slices, starts the node's
-MPS daemons and exports ``GPUSLICE_SLOTS`` (slot -> UUID), which each worker applies to its
-``CUDA_VISIBLE_DEVICES`` before CUDA starts. ``worker_init`` runs once per block, on the node
-running the batch script, so use one node per block (``nodes_per_block=1``).
+The user's provider is deep-copied, and its own ``worker_init`` (activating the Python
+environment, loading modules) runs in every job before node-run. With ``nodes_per_block > 1`` the
+provider's launcher must start one node-run per node (SrunLauncher, MpiExecLauncher, …): each node
+sets itself up. An emulated layout (GPUs described by a fleet file) runs on the emulated GPU:
+node-run points every worker at the emulated MPS control program and the emulator's state.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from parsl.config import Config
-from parsl.executors import HighThroughputExecutor
+from parsl.launchers import SimpleLauncher, SingleNodeLauncher
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
 
 from gpuslice.errors import UsageError
 from gpuslice.hardware.inventory import discover
-from gpuslice.mps import control
-from gpuslice.mps import env as mps_env
-from gpuslice.parsl.worker import EMULATED_ENV, EXPECTED_SMS_ENV
+from gpuslice.parsl.executor import SliceExecutor, worker_pool_command
+from gpuslice.parsl.group import NodeGroup
+from gpuslice.parsl.node import NodeSpec
 from gpuslice.plan.layout import Layout, PoolLayout
 from gpuslice.plan.load import load_plan
 from gpuslice.plan.resolve import resolve
 from gpuslice.plan.schema import Plan
 
 __all__ = [
-    "EMULATED_ENV",
-    "EXPECTED_SMS_ENV",
-    "POOL_ATTR",
     "gpuslice_command",
     "layout_of",
-    "node_worker_init",
+    "node_spec",
     "parsl_config",
     "pool_executor",
-    "pool_exports",
-    "pool_worker_init",
     "register_emulated_devices",
-    "slot_names",
 ]
 
-#: Attribute set on each executor gpuslice builds: the pool's name (how gpu_app finds pools).
-POOL_ATTR = "gpuslice_pool"
-#: The fleet file of an emulated layout.
-FLEET_ENV = "GPUSLICE_FLEET"
-#: Accelerator names of node-local pools (not integers: Parsl would remap those).
-SLOT_PREFIX = "gpuslice-slot-"
-
 #: Executor options gpuslice sets from the layout; a caller may not override them.
-_RESERVED = ("label", "provider", "available_accelerators", "max_workers_per_node")
+_RESERVED = (
+    "label",
+    "provider",
+    "available_accelerators",
+    "max_workers_per_node",
+    "launch_cmd",
+)
 #: Default ``cores_per_worker``: tiny, so the slices and not the CPU count decide how many
 #: workers a node runs (Parsl caps workers at ``cores / cores_per_worker``).
 _CORES_PER_WORKER = 0.001
-#: MPS client variables cleared before a pool's own are exported, so nothing inherited from
-#: the submitting shell leaks into a slice.
-_MPS_CLIENT_VARS = (
-    mps_env.PIPE,
-    mps_env.LOG,
-    mps_env.COMPUTE,
-    mps_env.MEMORY,
-)
+#: Accelerator names the executors are sized with; node-run gives workers the node's UUIDs.
+SLOT_PREFIX = "gpuslice-slot-"
+#: Launchers that run the command once, on the batch script's node only.
+_ONE_NODE_LAUNCHERS = (SingleNodeLauncher, SimpleLauncher)
 
 
 def layout_of(
     plan_or_layout: Layout | Plan | str | Path, fleet: str | Path | None = None
 ) -> Layout:
-    """The layout to configure: a :class:`Layout` as is, else the plan resolved on this node.
+    """The layout to configure: a :class:`Layout` as is, else the plan resolved here.
 
     Args:
         plan_or_layout: a resolved layout, a :class:`Plan`, a plan file path, YAML text or the
@@ -124,9 +97,9 @@ def layout_of(
 
 
 def gpuslice_command() -> str:
-    """How the worker's shell runs ``gpuslice``: the console script beside this interpreter.
+    """How a job runs ``gpuslice``: the console script beside this interpreter.
 
-    The block's shell may not have this environment's ``bin`` on ``PATH`` (a virtualenv that
+    The job's shell may not have this environment's ``bin`` on ``PATH`` (a virtualenv that
     was never activated), so the absolute path is used when it exists.
     """
     beside = Path(sys.executable).parent / "gpuslice"
@@ -143,179 +116,102 @@ def _fleet_path(layout: Layout, fleet: str | Path | None) -> str | None:
     return None
 
 
-def _expected_sms(pool: PoolLayout) -> str:
-    sms: dict[str, int] = {}
-    for s in pool.slices:
-        if s.expected_sms is not None:
-            sms.setdefault(s.device, s.expected_sms)
-    return ";".join(f"{device}={count}" for device, count in sms.items())
-
-
-def pool_worker_init(
-    layout: Layout, pool: PoolLayout | str, *, fleet: str | Path | None = None
-) -> str:
-    """The shell lines gpuslice adds to a pool's ``worker_init``.
+def node_spec(
+    plan_or_layout: Layout | Plan | str | Path,
+    layout: Layout,
+    *,
+    group: str,
+    fleet: str | Path | None = None,
+    node_fleet: str | Path | None = None,
+    emulated: bool | None = None,
+    keep_daemons: bool = False,
+) -> NodeSpec:
+    """What every node is told: the plan to resolve there (or the layout), and each pool's size.
 
     Args:
-        layout: the resolved layout.
-        pool: one of its pools, or its name.
-        fleet: the fleet file of an emulated layout, when it is not in
-            ``layout.inventory_source``.
-
-    Returns:
-        Lines that put the interpreter's ``bin`` on ``PATH``, clear inherited MPS client
-        variables, export the pool's environment, and start (or find) each MPS daemon the pool
-        needs, ending the block if one does not answer.
-
-    Raises:
-        UsageError: no such pool.
-        MpsError: the pool's slices disagree on their limits.
+        plan_or_layout: what the user gave :func:`parsl_config`.
+        layout: its resolution here (sizes the pools).
+        group: the node group's id.
+        fleet: the fleet file that sized the pools, if any.
+        node_fleet: the fleet file emulated nodes resolve against; default ``fleet``.
+        emulated: whether the nodes run on the emulated GPU; default: when the layout is
+            emulated (its GPUs came from a fleet file). False: the nodes read their own GPUs
+            through NVML even though a fleet file sized the pools.
+        keep_daemons: leave the MPS daemons running after the run.
     """
-    pool = _pool(layout, pool)
-    env = pool_exports(layout, pool, fleet=fleet)
-    command = shlex.quote(gpuslice_command())
-    lines = [*_preamble(pool, f"{len(pool.slices)} slices"), mps_env.export_lines(env).rstrip("\n")]
-    for d in pool.daemons:
-        lines.append(
-            f"{command} mps ensure --pipe-dir {shlex.quote(d.pipe_dir)} "
-            f"--log-dir {shlex.quote(d.log_dir)} --device {shlex.quote(d.device)} "
-            f'|| {{ echo "gpuslice: no MPS daemon for {d.device}; '
-            f'pool {pool.name} not started" >&2; '
-            "exit 1; }"
+    sizes = {pool.name: len(pool.slices) for pool in layout.pools}
+    if emulated is None:
+        emulated = layout.emulated
+    nodes_fleet = None
+    if emulated:
+        nodes_fleet = _fleet_path(layout, node_fleet if node_fleet is not None else fleet)
+        if nodes_fleet is None:
+            raise UsageError(
+                "emulated nodes need a fleet file describing their GPUs: pass fleet= or node_fleet="
+            )
+    emulate_dir = None
+    if emulated:
+        from gpuslice.emulate.kernel import emulate_dir as state_dir
+
+        emulate_dir = str(state_dir())
+    if isinstance(plan_or_layout, Layout):
+        return NodeSpec(
+            group=group,
+            pools=sizes,
+            layout=plan_or_layout.to_dict(),
+            fleet=nodes_fleet,
+            emulate_dir=emulate_dir,
+            keep_daemons=keep_daemons,
         )
-    return "\n".join(lines) + "\n"
+    plan = load_plan(plan_or_layout)
+    return NodeSpec(
+        group=group,
+        pools=sizes,
+        plan=plan.model_dump(mode="json", exclude_none=True),
+        fleet=nodes_fleet,
+        emulate_dir=emulate_dir,
+        keep_daemons=keep_daemons,
+    )
 
 
-def _pool(layout: Layout, pool: PoolLayout | str) -> PoolLayout:
-    if isinstance(pool, PoolLayout):
-        return pool
+def _copied(provider: ExecutionProvider) -> ExecutionProvider:
     try:
-        return layout.pool(pool)
-    except KeyError as err:
-        raise UsageError(str(err.args[0])) from err
-
-
-def _preamble(pool: PoolLayout, what: str) -> list[str]:
-    bin_dir = shlex.quote(str(Path(sys.executable).parent))
-    return [
-        f"# gpuslice: pool {pool.name} ({pool.kind}, {what})",
-        f'export PATH={bin_dir}:"$PATH"',
-        f"unset {' '.join(_MPS_CLIENT_VARS)}",
-    ]
-
-
-def pool_exports(
-    layout: Layout, pool: PoolLayout | str, *, fleet: str | Path | None = None
-) -> dict[str, str]:
-    """The variables a pool's ``worker_init`` exports (the limits, daemons, expected SMs).
-
-    Raises:
-        UsageError: no such pool.
-        MpsError: the pool's slices disagree on their limits.
-    """
-    pool = _pool(layout, pool)
-    env = mps_env.pool_environment(pool)
-    expected = _expected_sms(pool)
-    if expected:
-        env[EXPECTED_SMS_ENV] = expected
-    if layout.emulated:
-        from gpuslice.emulate.kernel import STATE_DIR_ENV, emulate_dir
-
-        env[EMULATED_ENV] = "1"
-        env[control.CONTROL_ENV] = control.EMULATED_PROGRAM
-        env[STATE_DIR_ENV] = str(emulate_dir())
-        fleet_path = _fleet_path(layout, fleet)
-        if fleet_path is not None:
-            env[FLEET_ENV] = fleet_path
-    return env
-
-
-def node_worker_init(plan: Plan, pool: PoolLayout, *, node_fleet: str | Path | None = None) -> str:
-    """``worker_init`` lines that resolve the plan on the node the block lands on.
-
-    Device UUIDs belong to one node, so for blocks on other machines (Slurm, PBS, …) the
-    executor's accelerators are slot names (``gpuslice-slot-<rank>``) and ``worker_init`` runs
-    ``gpuslice worker-init``: it resolves the plan against that node's GPUs (NVML, or
-    ``node_fleet`` for emulated nodes), checks the node gives the pool as many slices as
-    planned, starts the MPS daemons, and exports the pool's variables plus
-    ``GPUSLICE_SLOTS`` (slot -> device UUID), which each worker applies before CUDA starts.
-    """
-    command = [
-        gpuslice_command(),
-        "worker-init",
-        "--pool",
-        pool.name,
-        "--slots",
-        str(len(pool.slices)),
-        "--plan",
-        plan.model_dump_json(exclude_none=True),
-    ]
-    if node_fleet is not None:
-        command += ["--fleet", str(Path(node_fleet).resolve())]
-    lines = _preamble(pool, f"{len(pool.slices)} slices per node, resolved on the node")
-    lines += [
-        f"_gpuslice_env=$({shlex.join(command)}) || "
-        f'{{ echo "gpuslice: pool {pool.name} cannot start on $(hostname)" >&2; exit 1; }}',
-        'eval "$_gpuslice_env"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def slot_names(pool: PoolLayout) -> list[str]:
-    """The accelerator names of a node-local pool: one slot per slice rank."""
-    return [f"{SLOT_PREFIX}{s.rank}" for s in pool.slices]
-
-
-def _with_worker_init(provider: ExecutionProvider, lines: str) -> ExecutionProvider:
-    try:
-        mine = copy.deepcopy(provider)
+        return copy.deepcopy(provider)
     except Exception as err:
         raise UsageError(
-            f"cannot copy the provider {type(provider).__name__} for each pool ({err}); "
+            f"cannot copy the provider {type(provider).__name__} ({err}); "
             "pass a provider that can be deep-copied"
         ) from err
-    if not hasattr(mine, "worker_init"):
+
+
+def _check_provider(provider: ExecutionProvider) -> None:
+    """Refuse providers that would put two node runs on one host, or none on some nodes."""
+    if isinstance(provider, LocalProvider) and getattr(provider, "max_blocks", 1) > 1:
         raise UsageError(
-            f"provider {type(provider).__name__} has no worker_init, which gpuslice needs to "
-            "start MPS daemons and export each pool's limits; use a Parsl provider that has one"
+            "a LocalProvider block is this whole machine, and gpuslice runs one block per node "
+            f"(every pool's slices in it); set max_blocks=1 (got {provider.max_blocks})"
         )
-    theirs = str(mine.worker_init or "").rstrip("\n")
-    mine.worker_init = f"{theirs}\n{lines}" if theirs else lines
-    return mine
+    nodes = getattr(provider, "nodes_per_block", 1) or 1
+    launcher = getattr(provider, "launcher", None)
+    if nodes > 1 and isinstance(launcher, _ONE_NODE_LAUNCHERS):
+        raise UsageError(
+            f"nodes_per_block={nodes} with {type(launcher).__name__} starts gpuslice only on the "
+            "batch script's node, so the other nodes would get no slices; use a launcher that "
+            "starts one copy per node (SrunLauncher on Slurm, MpiExecLauncher or "
+            "GnuParallelLauncher on PBS), or nodes_per_block=1"
+        )
 
 
 def _default_provider() -> ExecutionProvider:
-    # min_blocks=1: the strategy must not scale an idle pool's only block away.
+    # min_blocks=1: the strategy must not scale an idle configuration's only block away.
     return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)  # type: ignore[no-untyped-call]
 
 
-def pool_executor(
-    layout: Layout,
-    pool: PoolLayout,
-    *,
-    provider: ExecutionProvider | None = None,
-    fleet: str | Path | None = None,
-    node_plan: Plan | None = None,
-    node_fleet: str | Path | None = None,
-    **htex_options: Any,
-) -> HighThroughputExecutor:
-    """The HighThroughputExecutor of one pool.
-
-    Args:
-        layout: the resolved layout the pool belongs to.
-        pool: the pool.
-        provider: the user's provider (copied, its ``worker_init`` kept first); default one
-            local block.
-        fleet: fleet file of an emulated layout, if not in ``layout.inventory_source``.
-        node_plan: resolve this plan on the node each block lands on (see
-            :func:`node_worker_init`) instead of using ``layout``'s device UUIDs.
-        node_fleet: with ``node_plan``: the fleet file the nodes resolve against (emulated
-            nodes); default NVML on the node.
-        **htex_options: other HighThroughputExecutor arguments (``cores_per_worker`` defaults
-            to a tiny value so slices, not CPUs, decide the worker count).
+def pool_executor(pool: PoolLayout, group: NodeGroup, **htex_options: Any) -> SliceExecutor:
+    """The executor of one pool, its blocks submitted through ``group``.
 
     Raises:
-        UsageError: ``htex_options`` sets what the layout decides, or the provider is unusable.
+        UsageError: ``htex_options`` sets what the layout decides.
     """
     clash = sorted(set(htex_options) & set(_RESERVED))
     if clash:
@@ -324,27 +220,22 @@ def pool_executor(
             "device UUIDs as accelerators, pool names as labels); remove "
             f"{'it' if len(clash) == 1 else 'them'} from the executor options"
         )
-    base = provider if provider is not None else _default_provider()
     options: dict[str, Any] = {"cores_per_worker": _CORES_PER_WORKER}
     interchange = Path(sys.executable).parent / "interchange.py"
     if interchange.is_file():
         # Parsl starts ``interchange.py`` from PATH, which lacks a virtualenv never activated.
         options["interchange_launch_cmd"] = [str(interchange)]
     options.update(htex_options)
-    if node_plan is not None:
-        init = node_worker_init(node_plan, pool, node_fleet=node_fleet)
-        accelerators = slot_names(pool)
-    else:
-        init = pool_worker_init(layout, pool, fleet=fleet)
-        accelerators = list(pool.devices)
-    executor = HighThroughputExecutor(
+    executor = SliceExecutor(
+        pool=pool.name,
         label=pool.name,
-        provider=_with_worker_init(base, init),
-        available_accelerators=accelerators,
+        provider=group.view(pool.name),
+        available_accelerators=[f"{SLOT_PREFIX}{s.rank}" for s in pool.slices],
         max_workers_per_node=len(pool.slices),
+        launch_cmd=worker_pool_command(),
         **options,
     )
-    setattr(executor, POOL_ATTR, pool.name)
+    group.executors[pool.name] = executor
     return executor
 
 
@@ -372,63 +263,64 @@ def parsl_config(
     fleet: str | Path | None = None,
     retries: int = 0,
     run_dir: str | None = None,
-    node_local: bool | None = None,
     node_fleet: str | Path | None = None,
+    emulated: bool | None = None,
+    keep_daemons: bool = False,
+    strategy: str | None = "simple",
     **htex_options: Any,
 ) -> Config:
-    """A Parsl configuration with one HighThroughputExecutor per pool of the plan.
+    """A Parsl configuration with one executor per pool of the plan and one job per node.
 
     Args:
-        plan_or_layout: a resolved :class:`Layout`, a :class:`Plan`, a plan file, YAML text or
-            the compact form (``"small=2x mps:25%/10GiB, large=1x mps:50%"``).
-        provider: where blocks run (SlurmProvider, PBSProProvider, KubernetesProvider, …); it is
-            deep-copied per pool and its ``worker_init`` runs before gpuslice's lines. Default:
-            one block on this machine.
-        fleet: fleet file describing the GPUs (emulated); default: the GPUs of this node (NVML).
+        plan_or_layout: a :class:`Plan`, a plan file, YAML text or the compact form
+            (``"small=2x mps:25%/10GiB, large=1x mps:50%"``), resolved on each node; or a
+            resolved :class:`Layout`, used as is (it names this machine's devices).
+        provider: where blocks run (LocalProvider, SlurmProvider, PBSProProvider, …). It is
+            deep-copied once and shared by every pool: each of its jobs is a node running all
+            pools' workers. Its ``worker_init`` runs in every job before gpuslice starts the
+            workers. Default: one block on this machine.
+        fleet: fleet file describing the GPUs (the emulated GPU, or the compute nodes seen from
+            a login node without GPUs); default: this machine's GPUs (NVML) to size the pools
+            and each node's own GPUs to run them.
         retries: how often Parsl retries a failed task (a lost worker counts as a failure).
         run_dir: Parsl's run directory (default ``runinfo``).
-        node_local: resolve the plan again on each node a block lands on, so workers get that
-            node's device UUIDs (default: on for providers other than LocalProvider). Here,
-            the plan is resolved against ``fleet`` (or this machine's GPUs) only to size the
-            pools: nodes must have the same GPUs. Needs a plan, not a Layout.
-        node_fleet: with ``node_local``: the fleet file nodes resolve against instead of NVML
-            (emulated nodes, for tests); default: the layout's own fleet when it is emulated.
+        node_fleet: the fleet file emulated nodes resolve against, when it differs from
+            ``fleet`` (e.g. a fleet with ``node:`` names, whose UUIDs differ per node).
+        emulated: whether the nodes run on the emulated GPU. Default: when the GPUs come from a
+            fleet file (described, not present). Pass False to size the pools with a fleet file
+            describing the compute nodes (from a login node without GPUs) while the nodes use
+            their own GPUs through NVML.
+        keep_daemons: leave the MPS daemons running when the run ends (default: every node
+            stops the daemons it started once its block ends).
+        strategy: Parsl's scaling strategy (``simple``, ``htex_auto_scale`` or ``none``);
+            scaling adds and removes whole nodes.
         **htex_options: passed to every HighThroughputExecutor (e.g. ``heartbeat_period``).
 
     Returns:
         The configuration; load it with ``parsl.load(config)``, then use
-        ``@gpuslice.gpu_app(pool="…")``.
+        ``@gpuslice.gpu_app(pool="…")`` (or python_app/bash_app with ``executors=["…"]``).
 
     Raises:
         PlanError: the plan does not fit the GPUs.
         UsageError: executor options that clash with the plan, or an unusable provider.
-        MpsError: a pool whose slices disagree on their limits.
     """
     layout = layout_of(plan_or_layout, fleet)
-    if node_local is None:
-        node_local = provider is not None and not isinstance(provider, LocalProvider)
-    node_plan: Plan | None = None
-    if node_local:
-        if isinstance(plan_or_layout, Layout):
-            raise UsageError(
-                "node_local resolves the plan on each node, so it needs the plan rather than "
-                "a resolved Layout; pass the plan (path, text or Plan), or node_local=False"
-            )
-        node_plan = load_plan(plan_or_layout)
-        if node_fleet is None and layout.emulated:
-            node_fleet = _fleet_path(layout, fleet)
-    executors = [
-        pool_executor(
-            layout,
-            pool,
-            provider=provider,
-            fleet=fleet,
-            node_plan=node_plan,
-            node_fleet=node_fleet,
-            **htex_options,
-        )
-        for pool in layout.pools
-    ]
-    if layout.emulated:
+    base = _copied(provider) if provider is not None else _default_provider()
+    _check_provider(base)
+    group_id = NodeGroup.new_id()
+    spec = node_spec(
+        plan_or_layout,
+        layout,
+        group=group_id,
+        fleet=fleet,
+        node_fleet=node_fleet,
+        emulated=emulated,
+        keep_daemons=keep_daemons,
+    )
+    group = NodeGroup(base, spec, [gpuslice_command(), "node-run"])
+    executors = [pool_executor(pool, group, **htex_options) for pool in layout.pools]
+    if spec.emulated:
         register_emulated_devices(layout)
-    return Config(executors=executors, retries=retries, run_dir=run_dir or "runinfo")
+    return Config(
+        executors=executors, retries=retries, run_dir=run_dir or "runinfo", strategy=strategy
+    )

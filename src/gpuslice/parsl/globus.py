@@ -10,27 +10,38 @@ provider's ``type`` and arguments, ``worker_init`` included. Format: Globus Comp
 ``config.yaml`` loader of globus-compute-endpoint 4.19 (``load_config_yaml``: a document with
 ``engine`` is a user endpoint; ``engine.type`` and ``provider.type`` pick the classes).
 
-The engine gets the pool's device UUIDs as ``available_accelerators``, one worker per slice,
-and the same ``worker_init`` lines as the pool's Parsl executor
-(:func:`gpuslice.parsl.config.pool_worker_init`): the MPS daemons are started, and the pool's
-limits exported, before any worker starts. Functions sent to the endpoint then run in the
-pool's slices; call :func:`gpuslice.parsl.worker.prepare_worker` at the start of a function to
-check its slice as ``gpu_app`` does.
+The engine's workers are started as a gpuslice configuration's are: its ``launch_cmd`` (a
+HighThroughputExecutor option the engine passes through) is ``gpuslice node-run`` for this one
+pool (:mod:`gpuslice.parsl.node`), which resolves the plan on the endpoint's node, starts the MPS
+daemons and one Parsl worker pool per device with the slice's environment exported. A plain
+function sent to the endpoint therefore runs in its slice, connected to its MPS daemon. The
+engine reformats ``launch_cmd`` (``shlex.split`` then a plain join, then ``str.format`` twice),
+so every word of it is free of spaces, quotes and braces: the node spec travels base64-encoded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gpuslice.errors import UsageError
-from gpuslice.parsl.config import layout_of, pool_worker_init, register_emulated_devices
+from gpuslice.parsl.config import (
+    SLOT_PREFIX,
+    gpuslice_command,
+    layout_of,
+    node_spec,
+    register_emulated_devices,
+)
+from gpuslice.parsl.executor import worker_pool_command
+from gpuslice.parsl.group import NodeGroup
+from gpuslice.parsl.node import encode_spec
 from gpuslice.plan.layout import Layout
 from gpuslice.plan.schema import Plan
 
-__all__ = ["endpoint_config", "endpoint_yaml", "write_endpoint_config"]
+__all__ = ["endpoint_config", "endpoint_yaml", "launch_command", "write_endpoint_config"]
 
 
 class _Literal(str):
@@ -50,7 +61,30 @@ def _literal(dumper: yaml.SafeDumper, text: _Literal) -> yaml.ScalarNode:
 _Dumper.add_representer(_Literal, _literal)
 
 
+def launch_command(
+    plan_or_layout: Layout | Plan | str | Path,
+    layout: Layout,
+    pool: str,
+    *,
+    fleet: str | Path | None = None,
+) -> str:
+    """The engine's ``launch_cmd``: ``gpuslice node-run`` for one pool, Parsl's template after.
+
+    Raises:
+        UsageError: the pool is not in the plan.
+    """
+    try:
+        the_pool = layout.pool(pool)
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from err
+    spec = node_spec(plan_or_layout, layout, group=NodeGroup.new_id(), fleet=fleet)
+    spec = dataclasses.replace(spec, pools={pool: len(the_pool.slices)})
+    words = [gpuslice_command(), "node-run", "--spec", encode_spec(spec), "--pool", pool, "--"]
+    return " ".join([*words, worker_pool_command()])
+
+
 def _config(
+    plan_or_layout: Layout | Plan | str | Path,
     layout: Layout,
     pool: str,
     *,
@@ -58,27 +92,26 @@ def _config(
     worker_init: str,
     display_name: str | None,
 ) -> dict[str, Any]:
-    try:
-        the_pool = layout.pool(pool)
-    except KeyError as err:
-        raise UsageError(str(err.args[0])) from err
-    lines = pool_worker_init(layout, the_pool, fleet=fleet)
-    mine = worker_init.rstrip("\n")
+    launch = launch_command(plan_or_layout, layout, pool, fleet=fleet)
+    the_pool = layout.pool(pool)
     if layout.emulated:
         register_emulated_devices(layout)
+    provider: dict[str, Any] = {
+        "type": "LocalProvider",
+        "init_blocks": 1,
+        "min_blocks": 1,
+        "max_blocks": 1,
+    }
+    if worker_init.strip():
+        provider["worker_init"] = worker_init.rstrip("\n") + "\n"
     return {
         "display_name": display_name or f"gpuslice {the_pool.name}",
         "engine": {
             "type": "GlobusComputeEngine",
             "max_workers_per_node": len(the_pool.slices),
-            "available_accelerators": list(the_pool.devices),
-            "provider": {
-                "type": "LocalProvider",
-                "init_blocks": 1,
-                "min_blocks": 1,
-                "max_blocks": 1,
-                "worker_init": f"{mine}\n{lines}" if mine else lines,
-            },
+            "available_accelerators": [f"{SLOT_PREFIX}{s.rank}" for s in the_pool.slices],
+            "launch_cmd": launch,
+            "provider": provider,
         },
     }
 
@@ -106,7 +139,14 @@ def endpoint_config(
         PlanError: the plan does not fit the GPUs.
     """
     layout = layout_of(plan_or_layout, fleet)
-    return _config(layout, pool, fleet=fleet, worker_init=worker_init, display_name=display_name)
+    return _config(
+        plan_or_layout,
+        layout,
+        pool,
+        fleet=fleet,
+        worker_init=worker_init,
+        display_name=display_name,
+    )
 
 
 def endpoint_yaml(
@@ -119,9 +159,17 @@ def endpoint_yaml(
 ) -> str:
     """:func:`endpoint_config` as ``config.yaml`` text, with a header naming the plan."""
     layout = layout_of(plan_or_layout, fleet)
-    config = _config(layout, pool, fleet=fleet, worker_init=worker_init, display_name=display_name)
+    config = _config(
+        plan_or_layout,
+        layout,
+        pool,
+        fleet=fleet,
+        worker_init=worker_init,
+        display_name=display_name,
+    )
     provider = config["engine"]["provider"]
-    provider["worker_init"] = _Literal(provider["worker_init"])
+    if "worker_init" in provider:
+        provider["worker_init"] = _Literal(provider["worker_init"])
     header = (
         f"# Globus Compute endpoint for gpuslice pool {pool!r}\n"
         f"# plan: {layout.plan_text}\n"

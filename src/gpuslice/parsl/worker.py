@@ -1,64 +1,82 @@
-"""What runs inside a Parsl worker before its first task: enter the slice and check it.
+"""What runs inside a Parsl worker around every task: the slice guard.
 
-A CUDA client reads its MPS settings when it creates its first context, and a client that
-cannot reach its daemon runs with no limit at all, silently (REFERENCE.md, "CUDA MPS"). So
-before the user's function runs for the first time in a worker process,
-:func:`prepare_worker`:
+``gpuslice node-run`` starts one Parsl worker pool per (pool, device) on a node, with that
+slice's environment already set (``CUDA_VISIBLE_DEVICES``, the MPS pipe and log directories, the
+compute and memory limits), so whatever a task is — ``gpu_app``, ``python_app``, ``bash_app`` — it
+starts inside its slice. Every task of a :class:`~gpuslice.parsl.executor.SliceExecutor` then runs
+through :func:`execute_task` (Parsl's documented ``task_executor`` hook), which:
 
-1. for an MPS pool, runs :func:`gpuslice.mps.env.activate`: it sets ``CUDA_MPS_PIPE_DIRECTORY``
-   for the worker's ``CUDA_VISIBLE_DEVICES`` and raises :class:`~gpuslice.errors.MpsError` if
-   that daemon does not answer;
-2. checks the limit the worker really got: the SM count CUDA reports inside the slice
-   (``torch.cuda.get_device_properties(0).multi_processor_count`` on a real GPU when torch is
-   there, :func:`gpuslice.emulate.kernel.visible_sm_count` on the emulated GPU) against the
-   plan's ``GPUSLICE_EXPECTED_SMS`` for the device. MPS rounds a percentage down to a number of
-   SMs the hardware supports, so up to one granule (:data:`SM_ROUNDING`) below the plan's
-   figure is accepted; anything else raises :class:`SliceCheckError`.
-
-The result is cached per process: later tasks in the same worker pay one dictionary lookup.
+1. before the first task of the process, checks the slice (:func:`prepare_worker`): the worker's
+   device is its pool's, its MPS daemon answers (a CUDA client that cannot reach its daemon runs
+   without any limit, silently: REFERENCE.md, "CUDA MPS"), and the SM count CUDA reports inside
+   the slice matches the plan within one MPS granule (``torch`` on a GPU, the emulated GPU
+   otherwise; skipped with a logged reason when neither can say, e.g. a GPU model gpuslice does
+   not know);
+2. before every later task, checks cheaply that the daemon is still there and, where this process
+   already is an MPS client, that its context is alive;
+3. supervises: a worker whose daemon is gone while it has no CUDA context runs the (lock-safe)
+   ``ensure`` and goes on, or fails the task with a message naming the GPU and the daemon if the
+   daemon cannot be had within :data:`RECOVERY_WAIT_S` (slowly, so it swallows no tasks); a worker
+   whose CUDA context died with its MPS daemon or server cannot recover (a lost context is lost for
+   the process), so it leaves: it exits at once, Parsl reports the task as lost with its worker
+   and retries it (``Config(retries=…)``), and the worker pool starts a fresh worker.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
+import sys
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+import time
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any
 
-from gpuslice.errors import GpusliceError
+from gpuslice.errors import GpusliceError, MpsError
 from gpuslice.mps import env as mps_env
 from gpuslice.mps.limits import SM_GRANULARITY
 
 __all__ = [
+    "DEVICE_ENV",
+    "EMULATED_ENV",
+    "EXPECTED_SMS_ENV",
+    "HOLDER_ENV",
+    "NODE_ENV",
+    "SLICE_LOST_EXIT",
     "SliceCheck",
     "SliceCheckError",
     "current_slice",
-    "in_slice",
+    "execute_task",
     "prepare_worker",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 logger = logging.getLogger(__name__)
 
-# What a pool's worker_init exports for its workers (gpuslice.parsl.config imports these
-# names from here, so a worker never imports Parsl's configuration machinery).
-#: ``<device>=<SMs>;…``: the SMs CUDA should report inside each device's slice of the pool.
+# What gpuslice node-run exports for each worker pool it starts (gpuslice.parsl.node imports
+# these names from here, so a worker never imports Parsl's configuration machinery).
+#: The slice's device: the ``GPU-…``/``MIG-…`` UUID its workers get as CUDA_VISIBLE_DEVICES.
+DEVICE_ENV = "GPUSLICE_DEVICE"
+#: The SMs CUDA should report inside the slice (absent when the plan cannot know them).
 EXPECTED_SMS_ENV = "GPUSLICE_EXPECTED_SMS"
-#: ``1`` when the pool runs on the emulated GPU (workers check the emulated limit).
+#: ``1`` when the slice is on the emulated GPU (workers check the emulated limit).
 EMULATED_ENV = "GPUSLICE_EMULATED"
-#: ``<slot>=<device>;…``: which device each accelerator slot of a node-local pool is.
-SLOTS_ENV = "GPUSLICE_SLOTS"
+#: The node the worker runs on, as node-run names it in messages.
+NODE_ENV = "GPUSLICE_NODE"
+#: The lease holder that keeps the node's MPS daemons (a worker that restarts one leases it
+#: for the same holder, so node-run stops it at the end).
+HOLDER_ENV = "GPUSLICE_HOLDER"
 
 #: MPS rounds a thread percentage down to a hardware granule. The plan's figure already
 #: rounds down to whole SM pairs (gpuslice.mps.limits), but that granularity was observed by
 #: third parties, not documented by NVIDIA, so CUDA may report up to one granule fewer.
 SM_ROUNDING = SM_GRANULARITY
+#: Seconds a worker without a CUDA context waits for its MPS daemon to come back before it
+#: fails the task (node-run's supervisor or the worker's own ``ensure`` restarts it).
+RECOVERY_WAIT_S = 15.0
+#: Exit status of a worker that left because its CUDA context died with its MPS daemon.
+SLICE_LOST_EXIT = 75
 
 #: Variables :func:`current_slice` reports.
 SLICE_VARS = (
@@ -68,6 +86,8 @@ SLICE_VARS = (
     mps_env.COMPUTE,
     mps_env.MEMORY,
     mps_env.POOL,
+    DEVICE_ENV,
+    NODE_ENV,
     "PARSL_WORKER_RANK",
     "PARSL_WORKER_COUNT",
     "PARSL_WORKER_POOL_ID",
@@ -76,7 +96,7 @@ SLICE_VARS = (
 
 
 class SliceCheckError(GpusliceError):
-    """A worker did not get the slice its plan gives it (wrong SM count, no device)."""
+    """A worker did not get the slice its plan gives it (wrong device, wrong SM count)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,7 @@ class SliceCheck:
         visible_sms: SMs CUDA (or the emulated GPU) reported, when it could be asked.
         source: how ``visible_sms`` was read: ``emulated``, ``torch`` or ``none``.
         pid: the worker process.
+        daemon_pid: the MPS control daemon the worker's slice uses, when it has one.
     """
 
     pool: str | None
@@ -98,21 +119,24 @@ class SliceCheck:
     visible_sms: int | None
     source: str
     pid: int
+    daemon_pid: int | None = None
 
 
-class _Cache:
+class _State:
     """This process's check (per PID, so a forked child checks again)."""
 
     check: SliceCheck | None = None
     lock = threading.Lock()
 
 
-def _expected(environ: Mapping[str, str], device: str | None) -> int | None:
-    text = environ.get(EXPECTED_SMS_ENV, "")
-    if not text or device is None:
-        return None
-    value = mps_env.parse_device_map(text).get(device)
-    return int(value) if value is not None else None
+def _where(environ: Mapping[str, str]) -> str:
+    node = environ.get(NODE_ENV) or "this node"
+    return f"{environ.get(mps_env.VISIBLE) or '?'} on {node}"
+
+
+def _expected(environ: Mapping[str, str]) -> int | None:
+    text = environ.get(EXPECTED_SMS_ENV, "").strip()
+    return int(text) if text.isdigit() else None
 
 
 def _visible_sms(environ: Mapping[str, str]) -> tuple[int | None, str]:
@@ -130,56 +154,94 @@ def _visible_sms(environ: Mapping[str, str]) -> tuple[int | None, str]:
     return int(torch.cuda.get_device_properties(0).multi_processor_count), "torch"
 
 
+def _daemon_pid(environ: Mapping[str, str]) -> int | None:
+    from gpuslice.mps.daemon import read_pid
+
+    pipe = environ.get(mps_env.PIPE)
+    return read_pid(pipe) if pipe else None
+
+
+def _daemon_answers(environ: MutableMapping[str, str]) -> bool:
+    """The worker's MPS daemon answers, after a lock-safe ``ensure`` if it did not."""
+    from gpuslice.mps import control, daemon
+
+    pipe = environ[mps_env.PIPE]
+    if control.ping(pipe):
+        return True
+    log_dir = environ.get(mps_env.LOG) or pipe
+    device = environ.get(mps_env.VISIBLE)
+    holder = environ.get(HOLDER_ENV)
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    problem = "it does not answer"
+    while True:
+        try:
+            if holder:
+                daemon.ensure(pipe, log_dir, device, holder=holder)
+            else:
+                daemon.ensure(pipe, log_dir, device)
+            return True
+        except MpsError as err:
+            problem = str(err)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    raise MpsError(
+        f"the MPS daemon of {_where(environ)} (pipe directory {pipe}) is gone and could not be "
+        f"restarted within {RECOVERY_WAIT_S:g}s: {problem}. A CUDA client without its daemon "
+        "would run without any limit, so the task was not run; see `gpuslice mps status`"
+    )
+
+
 def _check(environ: MutableMapping[str, str]) -> SliceCheck:
     pool = environ.get(mps_env.POOL)
     device = environ.get(mps_env.VISIBLE)
     if pool is None:
-        # Not a gpuslice executor: nothing was promised, so there is nothing to check.
+        # Not started by gpuslice node-run: nothing was promised, so nothing to check.
         return SliceCheck(None, device, None, None, "none", os.getpid())
-    if not device:
+    planned = environ.get(DEVICE_ENV)
+    if not device or (planned and device != planned):
         raise SliceCheckError(
-            f"this worker of pool {pool!r} has no CUDA_VISIBLE_DEVICES, so it would see every "
-            "GPU; run it in an executor from gpuslice.parsl_config (one device UUID per worker)"
+            f"this worker of pool {pool!r} has CUDA_VISIBLE_DEVICES={device!r}, not its slice's "
+            f"device {planned!r}; run it through gpuslice.parsl_config (one device UUID per "
+            "worker)"
         )
-    slots = environ.get(SLOTS_ENV)
-    if slots:
-        # A node-local pool: Parsl gave this worker a slot name; the node's worker_init mapped
-        # each slot to a device UUID of this node. CUDA has not started yet, so this is final.
-        mapped = mps_env.parse_device_map(slots).get(device)
-        if mapped is None:
-            raise SliceCheckError(
-                f"this worker of pool {pool!r} got accelerator {device!r}, which is not one of "
-                f"the node's slots ({slots}); the executor and its worker_init disagree"
-            )
-        environ[mps_env.VISIBLE] = device = mapped
-    mps_env.activate(environ)
-    expected = _expected(environ, device)
+    daemon_pid = None
+    if environ.get(mps_env.PIPE):
+        _daemon_answers(environ)
+        daemon_pid = _daemon_pid(environ)
+    expected = _expected(environ)
+    if expected is None:
+        logger.info(
+            "gpuslice: pool %s on %s: the plan does not know this device's SM count (a GPU model "
+            "outside gpuslice's catalog), so the worker does not check its SM limit",
+            pool,
+            device,
+        )
+        return SliceCheck(pool, device, None, None, "none", os.getpid(), daemon_pid)
     visible, source = _visible_sms(environ)
-    if expected is not None and visible is not None:
-        low, high = expected - SM_ROUNDING, max(expected, 2)
-        if not low <= visible <= high:
-            what = (
-                "its MPS limit did not apply (no limit at all)"
-                if visible > high
-                else "it got fewer SMs than planned (a lower daemon default, or another limit)"
-            )
-            raise SliceCheckError(
-                f"worker {os.getpid()} of pool {pool!r} on {device} sees {visible} SMs ({source}) "
-                f"but its slice should see {expected}: {what}. Check `gpuslice mps status` and "
-                "the pool's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; the task was not run"
-            )
-    elif expected is not None:
+    if visible is None:
         logger.warning(
             "gpuslice: pool %s on %s: cannot read the SM count here (no torch with CUDA); "
             "the MPS daemon answered, the limit itself is not verified",
             pool,
             device,
         )
-    return SliceCheck(pool, device, expected, visible, source, os.getpid())
+    elif not expected - SM_ROUNDING <= visible <= max(expected, 2):
+        what = (
+            "its MPS limit did not apply (no limit at all)"
+            if visible > expected
+            else "it got fewer SMs than planned (a lower daemon default, or another limit)"
+        )
+        raise SliceCheckError(
+            f"worker {os.getpid()} of pool {pool!r} on {_where(environ)} sees {visible} SMs "
+            f"({source}) but its slice should see {expected}: {what}. Check `gpuslice mps status` "
+            "and the pool's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; the task was not run"
+        )
+    return SliceCheck(pool, device, expected, visible, source, os.getpid(), daemon_pid)
 
 
 def prepare_worker(environ: MutableMapping[str, str] | None = None) -> SliceCheck:
-    """Enter this worker's slice and check it, once per process.
+    """Check this worker's slice, once per process.
 
     Args:
         environ: the environment to read and update; default this process's (``os.environ``).
@@ -189,61 +251,128 @@ def prepare_worker(environ: MutableMapping[str, str] | None = None) -> SliceChec
         What was found; cached, so later calls in the same process are free.
 
     Raises:
-        MpsError: the worker's MPS daemon does not answer (the task must not run unlimited).
-        SliceCheckError: CUDA reports another SM count than the plan gives the slice.
+        MpsError: the worker's MPS daemon does not answer and cannot be restarted (the task
+            must not run unlimited).
+        SliceCheckError: the worker has another device, or CUDA reports another SM count than
+            the plan gives the slice.
     """
     if environ is not None:
         return _check(environ)
-    done = _Cache.check
+    done = _State.check
     if done is not None and done.pid == os.getpid():
         return done
-    with _Cache.lock:
-        done = _Cache.check
+    with _State.lock:
+        done = _State.check
         if done is None or done.pid != os.getpid():
             # A failure is not cached: the next task checks again (the daemon may be back).
-            done = _Cache.check = _check(os.environ)
+            done = _State.check = _check(os.environ)
         return done
 
 
-class _InSlice(Generic[P, R]):
-    """``func`` behind :func:`prepare_worker`; pickles as a reference to ``func``.
+def _context_lost(environ: Mapping[str, str]) -> str | None:
+    """Why this process's CUDA context is gone with its MPS daemon or server, or None."""
+    if environ.get(EMULATED_ENV) == "1":
+        from gpuslice.emulate.kernel import CudaError, check_context
 
-    A closure would be pickled by value (several KB with dill) and shipped with every task;
-    this object travels as the class and ``func``'s importable name (tens of bytes).
-    """
+        try:
+            check_context()
+        except CudaError as err:
+            return str(err)
+        return None
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None  # no context yet: nothing to lose
+    check = _State.check
+    from gpuslice.mps.daemon import process_alive
 
-    def __init__(self, func: Callable[P, R]) -> None:
-        self.func = func
-        functools.update_wrapper(self, func)
+    if check is not None and check.daemon_pid is not None and not process_alive(check.daemon_pid):
+        return f"its MPS control daemon {check.daemon_pid} exited"
+    return None
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+
+def _leave(environ: Mapping[str, str], why: str) -> None:
+    """Exit this worker at once: Parsl retries its task, the worker pool starts a new worker."""
+    message = (
+        f"gpuslice: worker {os.getpid()} of pool {environ.get(mps_env.POOL)!r} on "
+        f"{_where(environ)} leaves: its CUDA context is lost ({why}); MPS daemon pipe directory "
+        f"{environ.get(mps_env.PIPE)}. Parsl reports the task lost with this worker and retries "
+        "it; a new worker starts in its place"
+    )
+    logger.critical(message)
+    print(message, file=sys.stderr, flush=True)
+    os._exit(SLICE_LOST_EXIT)
+
+
+def _before_task() -> None:
+    environ = os.environ
+    if environ.get(mps_env.POOL) is None:
+        return
+    done = _State.check
+    if done is None or done.pid != os.getpid():
         prepare_worker()
-        return self.func(*args, **kwargs)
+        return
+    if not environ.get(mps_env.PIPE):
+        return
+    lost = _context_lost(environ)
+    if lost is not None:
+        _leave(environ, lost)
+    from gpuslice.mps.daemon import process_alive
 
-    def __reduce__(self) -> tuple[type[_InSlice[P, R]], tuple[Callable[P, R]]]:
-        return (type(self), (self.func,))
+    if done.daemon_pid is None or not process_alive(done.daemon_pid):
+        # No context to lose: restart the daemon (or wait for node-run to) and go on.
+        _daemon_answers(environ)
+        with _State.lock:
+            _State.check = SliceCheck(
+                done.pool,
+                done.device,
+                done.expected_sms,
+                done.visible_sms,
+                done.source,
+                done.pid,
+                _daemon_pid(environ),
+            )
 
 
-def in_slice(func: Callable[P, R]) -> Callable[P, R]:
-    """Wrap ``func`` so that it runs only after :func:`prepare_worker` succeeded in its process.
+def execute_task(buffer: bytes, *args: Any, **kwargs: Any) -> Any:
+    """Run one task inside this worker's slice (Parsl's ``task_executor`` hook).
 
-    The wrapper keeps ``func``'s name, signature and docstring (``functools.update_wrapper``),
-    which Parsl reads for its special keyword arguments and for caching.
+    Args:
+        buffer: the task as Parsl packed it (``pack_apply_message``).
+        *args: extra arguments from the task context, passed on to Parsl's ``execute_task``.
+        **kwargs: likewise.
+
+    Returns:
+        The task's result.
+
+    Raises:
+        MpsError: the slice's MPS daemon is gone and could not be had again.
+        SliceCheckError: the worker is not in the slice its plan gives it.
     """
-    return _InSlice(func)
+    from parsl.executors.execute_task import execute_task as parsl_execute_task
+
+    _before_task()
+    try:
+        return parsl_execute_task(buffer, *args, **kwargs)
+    except BaseException:
+        if os.environ.get(mps_env.PIPE):
+            lost = _context_lost(os.environ)
+            if lost is not None:
+                _leave(os.environ, lost)
+        raise
 
 
 def current_slice() -> dict[str, str | None]:
-    """What this worker sees of its slice; call it from inside a ``gpu_app`` task.
+    """What this worker sees of its slice; call it from inside a task.
 
     Returns:
-        ``CUDA_VISIBLE_DEVICES``, the ``CUDA_MPS_*`` client variables, ``GPUSLICE_POOL``, the
-        ``PARSL_WORKER_*`` variables (None where unset), plus ``pid`` and, once
-        :func:`prepare_worker` ran in this process, ``visible_sms`` and ``expected_sms``.
+        ``CUDA_VISIBLE_DEVICES``, the ``CUDA_MPS_*`` client variables, ``GPUSLICE_POOL``,
+        ``GPUSLICE_DEVICE``, ``GPUSLICE_NODE``, the ``PARSL_WORKER_*`` variables (None where
+        unset), plus ``pid`` and, once the worker checked its slice, ``visible_sms`` and
+        ``expected_sms``.
     """
     seen: dict[str, str | None] = {name: os.environ.get(name) for name in SLICE_VARS}
     seen["pid"] = str(os.getpid())
-    done = _Cache.check
+    done = _State.check
     if done is not None and done.pid == os.getpid():
         seen["visible_sms"] = None if done.visible_sms is None else str(done.visible_sms)
         seen["expected_sms"] = None if done.expected_sms is None else str(done.expected_sms)
