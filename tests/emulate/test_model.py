@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gpuslice.emulate import model
 from gpuslice.emulate.model import (
     TIMESLICE_EFFICIENCY,
     ActiveClient,
@@ -20,12 +24,20 @@ from gpuslice.emulate.model import (
 )
 
 
-def mps(pid: int, limit: float, occupancy: float = 1.0, duty: float = 1.0) -> ActiveClient:
-    return ActiveClient(pid=pid, mps=True, sm_limit=limit, occupancy=occupancy, duty=duty)
+def mps(
+    pid: int, limit: float, occupancy: float = 1.0, duty: float = 1.0, bandwidth: float = 0.0
+) -> ActiveClient:
+    return ActiveClient(
+        pid=pid, mps=True, sm_limit=limit, occupancy=occupancy, duty=duty, bandwidth=bandwidth
+    )
 
 
-def plain(pid: int, occupancy: float = 1.0, duty: float = 1.0) -> ActiveClient:
-    return ActiveClient(pid=pid, mps=False, sm_limit=1.0, occupancy=occupancy, duty=duty)
+def plain(
+    pid: int, occupancy: float = 1.0, duty: float = 1.0, bandwidth: float = 0.0
+) -> ActiveClient:
+    return ActiveClient(
+        pid=pid, mps=False, sm_limit=1.0, occupancy=occupancy, duty=duty, bandwidth=bandwidth
+    )
 
 
 # --- a task alone ----------------------------------------------------------------------------
@@ -132,6 +144,68 @@ def test_kernels_of_one_process_share_its_context_without_switching() -> None:
     assert rates([plain(1, 0.5), plain(1, 0.5)]) == pytest.approx([1.0, 1.0])
 
 
+# --- memory bandwidth: a second resource shared inside a context -----------------------------
+
+
+def test_mps_clients_that_fit_the_sms_are_slowed_by_the_bandwidth_they_share() -> None:
+    # SMs 0.3 + 0.3 = 0.6 fit; bandwidth 0.8 + 0.8 = 1.6 does not: 1 / 1.6 = 0.625 each.
+    clients = [mps(1, 1.0, 0.3, bandwidth=0.8), mps(2, 1.0, 0.3, bandwidth=0.8)]
+    assert rates(clients) == pytest.approx([0.625, 0.625])
+
+
+def test_the_scarcer_resource_sets_the_speed() -> None:
+    # SMs 0.5 + 0.3 + 0.3 = 1.1 (factor 1/1.1); bandwidth 0.1 + 0.9 + 0.9 = 1.9 (factor 1/1.9):
+    # the bandwidth is the bottleneck.
+    clients = [
+        mps(1, 1.0, 0.5, bandwidth=0.1),
+        mps(2, 1.0, 0.3, bandwidth=0.9),
+        mps(3, 1.0, 0.3, bandwidth=0.9),
+    ]
+    assert rates(clients) == pytest.approx([1 / 1.9] * 3)
+    # Without the bandwidth demands the SMs are the bottleneck.
+    assert rates([mps(1, 1.0, 0.5), mps(2, 1.0, 0.3), mps(3, 1.0, 0.3)]) == pytest.approx(
+        [1 / 1.1] * 3
+    )
+
+
+def test_launch_bound_decode_clients_share_bandwidth_only_in_kernel_time() -> None:
+    # Seven clients whose kernels run 20% of the time on 40% of the SMs and stream memory at
+    # 80% of the bandwidth: 7 x 0.2 x 0.8 = 1.12 of the bandwidth. Each keeps rate r with
+    # 7 x r x 0.2 x 0.8 = 1, so r = 1 / 1.12: kernels at speed s = 0.2 / (1/r - 0.8) = 0.625.
+    clients = [mps(i, 1.0, 0.4, duty=0.2, bandwidth=0.8) for i in range(7)]
+    assert rates(clients) == pytest.approx([1 / 1.12] * 7)
+    # Six need 0.96 of it: no slowdown.
+    assert rates(clients[:6]) == pytest.approx([1.0] * 6)
+
+
+def test_time_shared_contexts_never_compete_for_bandwidth() -> None:
+    # Only one context's kernels run at a time: two processes streaming memory half the time
+    # share the device's time (busy 0.5 + 0.5 = 1 > 0.95), not its bandwidth.
+    clients = [plain(1, duty=0.5, bandwidth=1.0), plain(2, duty=0.5, bandwidth=1.0)]
+    assert rates(clients) == pytest.approx([0.95, 0.95])
+
+
+def test_an_mps_limit_caps_sms_not_bandwidth() -> None:
+    # Alone, a kernel at 25% of the SMs with occupancy 0.5 runs at half speed whatever its
+    # bandwidth: the limit, not the memory, is its bottleneck.
+    assert rates([mps(1, 0.25, 0.5, bandwidth=1.0)]) == pytest.approx([0.5])
+    # Beside a streaming neighbour, the capped kernel moves 0.5 x 1.0 of the bandwidth and the
+    # neighbour 1.0: 1.5 in all, so both are scaled by 1/1.5 (0.5/1.5 and 1/1.5).
+    pair = [mps(1, 0.25, 0.5, bandwidth=1.0), mps(2, 1.0, 0.3, bandwidth=1.0)]
+    assert rates(pair) == pytest.approx([0.5 / 1.5, 1 / 1.5])
+
+
+def test_a_task_alone_is_never_slowed_by_its_own_bandwidth() -> None:
+    assert duration_alone_ms(100.0, duty=0.3, occupancy=0.4, bandwidth=1.0) == pytest.approx(100)
+
+
+def test_bandwidth_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="bandwidth"):
+        mps(1, 1.0, bandwidth=1.2)
+    with pytest.raises(ValueError, match="bandwidth"):
+        mps(1, 1.0, bandwidth=-0.1)
+
+
 # --- describing a task -----------------------------------------------------------------------
 
 
@@ -154,10 +228,14 @@ def test_parallelism_that_disagrees_with_duty_and_occupancy_is_refused() -> None
         task_shape(0.5, duty=0.2)
 
 
-def test_visible_sm_count_rounds_percentage_down_to_whole_sm_pairs() -> None:
-    assert mps_visible_sm_count(132, 30) == 38  # 39.6 SMs -> 38
-    assert mps_visible_sm_count(100, 30) == 30
-    assert mps_visible_sm_count(132, 50) == 66
+def test_visible_sm_count_rounds_the_thread_limit_down_to_whole_tpcs() -> None:
+    # 30% of 132 x 2048 threads = 81,100.8; a TPC is 2 x 2048 = 4,096 threads: 19 TPCs, 38 SMs.
+    assert mps_visible_sm_count(132, 30) == 38
+    assert mps_visible_sm_count(100, 30) == 30  # 61,440 threads: exactly 15 TPCs
+    assert mps_visible_sm_count(132, 50) == 66  # 135,168 threads: exactly 33 TPCs
+    assert mps_visible_sm_count(132, 14) == 18  # 37,847.04 threads: 9 TPCs
+    assert mps_visible_sm_count(132, 33.3) == 42  # 90,021.888 threads: 21 TPCs
+    assert mps_visible_sm_count(16, 30) == 4  # a 1g MIG instance: 9,830.4 threads, 2 TPCs
 
 
 def test_visible_sm_count_without_limit_is_the_whole_device() -> None:
@@ -165,8 +243,21 @@ def test_visible_sm_count_without_limit_is_the_whole_device() -> None:
     assert mps_visible_sm_count(132, 100) == 132
 
 
-def test_visible_sm_count_never_falls_to_zero() -> None:
+def test_visible_sm_count_never_falls_below_one_tpc() -> None:
     assert mps_visible_sm_count(132, 0.5) == 2
+
+
+def test_emulated_sm_rounding_is_written_apart_from_the_planners() -> None:
+    # The emulator checks the planner; if it called the planner's rounding, a planner mistake
+    # would be copied into what the emulated GPU reports and could never show.
+    tree = ast.parse(Path(model.__file__).read_text())
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert not [name for name in imported if name and name.startswith("gpuslice")]
 
 
 def test_allocation_over_the_pinned_limit_is_out_of_memory() -> None:
@@ -216,6 +307,7 @@ client_strategy = st.builds(
     sm_limit=st.floats(0.01, 1.0),
     occupancy=st.floats(0.01, 1.0),
     duty=st.floats(0.01, 1.0),
+    bandwidth=st.floats(0.0, 1.0),
 )
 
 
@@ -226,6 +318,17 @@ def test_rates_never_use_more_than_the_whole_device(clients: list[ActiveClient])
     # SM-time is conserved: a kernel at rate r uses r * duty * occupancy of the SMs on average.
     used = sum(rate * c.parallelism for rate, c in zip(result, clients, strict=True))
     assert used <= 1.0 + 1e-9
+    # Inside each context, at its rates while it holds the device, neither the SMs nor the
+    # bandwidth (r * duty * bandwidth on average) is used beyond all of it.
+    contexts: dict[tuple[bool, int], list[ActiveClient]] = {}
+    for c in clients:
+        contexts.setdefault((c.mps, 0 if c.mps else c.pid), []).append(c)
+    for members in contexts.values():
+        inside = context_rates(members)[0]
+        sms = sum(r * c.parallelism for r, c in zip(inside, members, strict=True))
+        memory = sum(r * c.duty * c.bandwidth for r, c in zip(inside, members, strict=True))
+        assert sms <= 1.0 + 1e-9
+        assert memory <= 1.0 + 1e-9
 
 
 @given(st.lists(client_strategy, min_size=2, max_size=8))

@@ -14,6 +14,11 @@ State directory (``$GPUSLICE_EMULATE_DIR``, default ``<tmp>/gpuslice-<uid>/emula
 
 A record whose process is gone, or whose heartbeat is older than :data:`STALE_AFTER_S`, is
 ignored and removed, so a killed worker never slows the others down for long.
+
+An MPS client is what the emulated control daemon granted at context creation
+(:func:`mps_connection`): its effective percentage and memory cap, and the PIDs of its server and
+daemon. Once either of those processes is gone, this process's context is lost for good, as a
+CUDA context is: every later kernel raises :class:`CudaError` (:func:`check_context`).
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gpuslice.emulate.model import (
     ActiveClient,
     EmulatedDevice,
+    check_bandwidth,
     check_memory,
     context_count,
     default_device,
@@ -44,7 +50,11 @@ from gpuslice.emulate.model import (
     task_shape,
 )
 from gpuslice.errors import GpusliceError, UsageError
+from gpuslice.mps.daemon import process_alive
 from gpuslice.sizes import parse_size_mib
+
+if TYPE_CHECKING:
+    from gpuslice.emulate.mps_control import ClientGrant
 
 #: Environment variable naming the emulator's state directory.
 STATE_DIR_ENV = "GPUSLICE_EMULATE_DIR"
@@ -62,15 +72,18 @@ STALE_AFTER_S = 3.0
 __all__ = [
     "DEFAULT_DEVICE_UUID",
     "STATE_DIR_ENV",
+    "CudaError",
     "CudaOutOfMemoryError",
     "EmulatedDevice",
     "EmulatedSlice",
     "KernelResult",
     "Mode",
+    "check_context",
     "current_slice",
     "device_info",
     "emulate_dir",
     "kernel",
+    "mps_connection",
     "parse_active_thread_percentage",
     "parse_pinned_mem_limit",
     "register_devices",
@@ -98,6 +111,39 @@ class CudaOutOfMemoryError(GpusliceError, RuntimeError):
         return self.text
 
 
+class CudaError(GpusliceError, RuntimeError):
+    """An emulated CUDA runtime error, named and numbered as ``cudaError_t`` names it.
+
+    Raised by :func:`kernel` and :func:`check_context` in an MPS client whose server or control
+    daemon is gone. Like a real lost context it is sticky: every later kernel of the process
+    raises it again, so the process has to exit (and Parsl to start another worker).
+
+    Attributes:
+        name: the CUDA error name, e.g. ``cudaErrorMpsRpcFailure``.
+        code: its ``cudaError_t`` value, e.g. 806.
+        detail: what happened, in gpuslice's words.
+    """
+
+    def __init__(self, name: str, code: int, detail: str) -> None:
+        self.name = name
+        self.code = code
+        self.detail = detail
+        super().__init__(name, code, detail)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code}): {self.detail}"
+
+
+# The CUDA runtime's MPS errors (enum cudaError in the CUDA Runtime API, "Data types used by
+# CUDA Runtime", https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__TYPES.html; the
+# same values and descriptions are in NVIDIA's cuda-python bindings):
+#   cudaErrorMpsConnectionFailed = 805: "the MPS client failed to connect to the MPS control
+#   daemon or the MPS server"; cudaErrorMpsRpcFailure = 806: "the remote procedural call between
+#   the MPS server and the MPS client failed".
+_MPS_CONNECTION_FAILED = ("cudaErrorMpsConnectionFailed", 805)
+_MPS_RPC_FAILURE = ("cudaErrorMpsRpcFailure", 806)
+
+
 @dataclass(frozen=True)
 class EmulatedSlice:
     """What a CUDA process would get from its environment, on the emulated GPU.
@@ -105,14 +151,20 @@ class EmulatedSlice:
     Attributes:
         device: the device (first entry of ``CUDA_VISIBLE_DEVICES``).
         mps: True when an MPS control daemon answered at ``CUDA_MPS_PIPE_DIRECTORY``.
-        active_thread_percentage: ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` (MPS only), or None.
-        pinned_limit_mib: device-0 entry of ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` (MPS only).
+        active_thread_percentage: the percentage the daemon granted (the lower of the client's
+            ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and its server's); None without MPS.
+        pinned_limit_mib: device-0 memory cap the daemon granted (the client's
+            ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``, else its server's default), in MiB; None
+            without one.
+        grant: the daemon's answer at context creation (server and daemon PIDs included);
+            None without MPS.
     """
 
     device: EmulatedDevice
     mps: bool
     active_thread_percentage: float | None
     pinned_limit_mib: int | None
+    grant: ClientGrant | None = None
 
     @property
     def visible_sm_count(self) -> int:
@@ -144,6 +196,8 @@ class KernelResult:
             average when alone.
         duty: fraction of its time alone during which one of its kernels ran.
         occupancy: fraction of the device's SMs its kernels kept busy while they ran.
+        bandwidth: fraction of the device's usable memory bandwidth its kernels moved while
+            they ran alone (0 when the task did not declare it).
     """
 
     device: str
@@ -155,6 +209,7 @@ class KernelResult:
     parallelism: float
     duty: float = 1.0
     occupancy: float = 1.0
+    bandwidth: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,39 +291,38 @@ def current_slice(
     """The slice this process would get from CUDA, given its environment.
 
     MPS applies only when ``CUDA_MPS_PIPE_DIRECTORY`` is set and a daemon answers there
-    (``gpuslice.emulate.mps_control.register_client``); otherwise, as with real CUDA, the
-    process runs without MPS and without its limits.
+    (:func:`mps_connection`); otherwise, as with real CUDA, the process runs without MPS and
+    without its limits. Under MPS the limits are the daemon's answer, not the client's own
+    variables: NVIDIA's client percentage only narrows the server's ("If the control daemon
+    has a lower setting, the control daemon setting will be obeyed by the client instead",
+    https://docs.nvidia.com/deploy/topics/topic_5_2_5.html), and a server's default memory
+    limit applies to a client that sets none.
 
     Raises:
         UsageError: ``CUDA_VISIBLE_DEVICES`` is empty (no device visible) or an MPS variable
             is malformed.
+        MpsError: the daemon refused the client, as CUDA context creation would fail.
     """
     env = os.environ if env is None else env
     device = _visible_device(env, state_dir)
-    pipe_dir = env.get("CUDA_MPS_PIPE_DIRECTORY")
-    if not pipe_dir:
-        return EmulatedSlice(
-            device, mps=False, active_thread_percentage=None, pinned_limit_mib=None
-        )
-    percentage = parse_active_thread_percentage(env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"))
-    pinned = parse_pinned_mem_limit(env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"))
-    if not _mps_connect(
-        pipe_dir,
-        env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") if percentage is not None else None,
-        env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT") if pinned is not None else None,
-    ):
+    grant = mps_connection(env)
+    if grant is None:
         return EmulatedSlice(
             device, mps=False, active_thread_percentage=None, pinned_limit_mib=None
         )
     return EmulatedSlice(
-        device, mps=True, active_thread_percentage=percentage, pinned_limit_mib=pinned
+        device,
+        mps=True,
+        active_thread_percentage=grant.active_thread_percentage,
+        pinned_limit_mib=parse_pinned_mem_limit(grant.pinned_mem_limit),
+        grant=grant,
     )
 
 
 def visible_sm_count(env: Mapping[str, str] | None = None) -> int:
     """What ``torch.cuda.get_device_properties(0).multi_processor_count`` shows in this slice.
 
-    Under MPS the active thread percentage is rounded down to whole SM pairs
+    Under MPS the granted active thread percentage is rounded down to whole TPCs
     (:func:`model.mps_visible_sm_count`); without MPS it is the device's SM count. Workers use
     it to check the limit they got, as they would on a real GPU.
     """
@@ -337,39 +391,128 @@ def parse_pinned_mem_limit(text: str | None, ordinal: int = 0) -> int | None:
     return None
 
 
-_MPS_CONNECTIONS: dict[tuple[str, int, str | None, str | None], bool] = {}
+# One context per (pipe dir, process, client variables): what the daemon granted, or None.
+_GRANTS: dict[tuple[str, int, str | None, str | None], ClientGrant | None] = {}
+# Processes whose MPS context is lost (sticky, as a CUDA context is), by PID.
+_LOST: dict[int, CudaError] = {}
 _MPS_LOCK = threading.Lock()
 
 
-def _mps_connect(pipe_dir: str, percentage: str | None, pinned: str | None) -> bool:
+def mps_connection(env: Mapping[str, str] | None = None) -> ClientGrant | None:
+    """What this process is connected to as an MPS client; creates the context if not yet.
+
+    As CUDA does at context creation, the first call registers the process with the control
+    daemon of ``CUDA_MPS_PIPE_DIRECTORY``, passing the client's own
+    ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``; later calls
+    return the same answer. A client whose daemon does not answer runs outside MPS, unlimited
+    ("If the connection attempt fails, the program continues to run as it normally would
+    without MPS", ``man nvidia-cuda-mps-control``), and stays so: the answer is kept.
+
+    Args:
+        env: the client's environment; default this process's.
+
+    Returns:
+        The daemon's grant (effective limits, server and daemon PIDs), or None when this
+        process is not an MPS client (no pipe directory, or no daemon answered).
+
+    Raises:
+        UsageError: an MPS variable is malformed.
+        MpsError: the daemon refused the client (too many clients on the device, or another
+            user's server is busy), as CUDA context creation would fail.
+    """
+    env = os.environ if env is None else env
+    pipe_dir = env.get("CUDA_MPS_PIPE_DIRECTORY")
+    if not pipe_dir:
+        return None
+    percentage_text = env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+    pinned_text = env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+    percentage = parse_active_thread_percentage(percentage_text)
+    pinned = parse_pinned_mem_limit(pinned_text)
+    return _mps_connect(
+        pipe_dir,
+        percentage_text if percentage is not None else None,
+        pinned_text if pinned is not None else None,
+    )
+
+
+def check_context() -> None:
+    """Raise :class:`CudaError` if this process's MPS context is lost; nothing otherwise.
+
+    The context is lost once the MPS server or the control daemon of any grant this process
+    holds is gone (the check is ``kill(pid, 0)`` and a zombie test on the two PIDs, no control
+    round trip), and it stays lost: later calls raise the same error even if a new daemon
+    starts. Not an MPS client: nothing to check.
+
+    Raises:
+        CudaError: ``cudaErrorMpsRpcFailure`` (806) when the server is gone,
+            ``cudaErrorMpsConnectionFailed`` (805) when only the control daemon is.
+    """
+    pid = os.getpid()
+    lost = _LOST.get(pid)
+    if lost is not None:
+        raise lost
+    for key, grant in list(_GRANTS.items()):
+        if grant is not None and key[1] == pid:
+            _check_grant(key[0], grant)
+
+
+def _check_grant(pipe_dir: str, grant: ClientGrant) -> None:
+    """Raise (and remember) the CUDA error of a client whose server or daemon is gone."""
+    pid = os.getpid()
+    lost = _LOST.get(pid)
+    if lost is not None:
+        raise lost
+    if not process_alive(grant.server_pid):
+        name, code = _MPS_RPC_FAILURE
+        detail = (
+            f"MPS server {grant.server_pid} of the daemon at {pipe_dir} is gone, so process "
+            f"{pid}'s CUDA context is lost; no CUDA call can succeed in this process again: "
+            "exit it and start a new one once the daemon is back (gpuslice mps ensure)"
+        )
+    elif not process_alive(grant.daemon_pid):
+        # What NVIDIA's client does when only its control daemon dies is not documented;
+        # the emulator treats the connection as failed (an assumption, owed on a GPU).
+        name, code = _MPS_CONNECTION_FAILED
+        detail = (
+            f"MPS control daemon {grant.daemon_pid} at {pipe_dir} is gone, so process {pid}'s "
+            "MPS connection is lost; exit the process and start a new one once the daemon is "
+            "back (gpuslice mps ensure)"
+        )
+    else:
+        return
+    error = CudaError(name, code, detail + " (emulated GPU)")
+    _LOST[pid] = error
+    raise error
+
+
+def _mps_connect(pipe_dir: str, percentage: str | None, pinned: str | None) -> ClientGrant | None:
     """Register this process with the emulated MPS daemon once, as CUDA does at context creation.
 
     ``percentage`` and ``pinned`` are the client's raw (already validated) variable values;
-    the daemon applies its own defaults on top. Raises MpsError when the daemon refuses the
-    client (too many clients on the device), as context creation would fail.
+    the daemon applies its own defaults on top and answers with the effective limits. Raises
+    MpsError when the daemon refuses the client (too many clients on the device), as context
+    creation would fail.
     """
     key = (pipe_dir, os.getpid(), percentage, pinned)
     with _MPS_LOCK:
-        if key in _MPS_CONNECTIONS:
-            return _MPS_CONNECTIONS[key]
+        if key in _GRANTS:
+            return _GRANTS[key]
         try:
             # Imported by name: the daemon lives in its own module and is loaded only for MPS.
             control = importlib.import_module("gpuslice.emulate.mps_control")
         except ImportError:
-            _MPS_CONNECTIONS[key] = False
-            return False
-        answered = bool(
-            control.register_client(
-                pipe_dir,
-                os.getpid(),
-                active_thread_percentage=_whole(percentage),
-                pinned_mem_limit=pinned.strip() if pinned is not None else None,
-            )
+            _GRANTS[key] = None
+            return None
+        grant: ClientGrant | None = control.register_client(
+            pipe_dir,
+            os.getpid(),
+            active_thread_percentage=_whole(percentage),
+            pinned_mem_limit=pinned.strip() if pinned is not None else None,
         )
-        _MPS_CONNECTIONS[key] = answered
-        if answered:
+        _GRANTS[key] = grant
+        if grant is not None:
             atexit.register(_mps_disconnect, control, pipe_dir, os.getpid())
-        return answered
+        return grant
 
 
 def _whole(percentage: str | None) -> int | float | None:
@@ -400,9 +543,12 @@ class _Record:
     duty: float
     occupancy: float
     memory_mib: int
+    bandwidth: float = 0.0
 
     def client(self) -> ActiveClient:
-        return ActiveClient(self.pid, self.mps, self.sm_limit, self.occupancy, self.duty)
+        return ActiveClient(
+            self.pid, self.mps, self.sm_limit, self.occupancy, self.duty, self.bandwidth
+        )
 
 
 _SEQUENCE = itertools.count()
@@ -421,16 +567,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_records(directory: Path) -> list[_Record]:
     """Running kernels on a device; stale records (dead process, old heartbeat) are removed."""
     now = time.time()
@@ -440,7 +576,8 @@ def _read_records(directory: Path) -> list[_Record]:
             mtime = path.stat().st_mtime
             data = json.loads(path.read_text())
             # A record without duty/occupancy (written before they existed) is a one-number
-            # task: duty 1, occupancy = its parallelism.
+            # task: duty 1, occupancy = its parallelism; one without bandwidth takes no part
+            # in bandwidth sharing.
             record = _Record(
                 path=path,
                 pid=int(data["pid"]),
@@ -449,10 +586,11 @@ def _read_records(directory: Path) -> list[_Record]:
                 duty=float(data.get("duty", 1.0)),
                 occupancy=float(data["occupancy"] if "occupancy" in data else data["parallelism"]),
                 memory_mib=int(data["memory_mib"]),
+                bandwidth=float(data.get("bandwidth", 0.0)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # removed or being replaced right now
-        if now - mtime > STALE_AFTER_S or not _alive(record.pid):
+        if now - mtime > STALE_AFTER_S or not process_alive(record.pid):
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
@@ -471,7 +609,10 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def _admit(
-    directory: Path, the_slice: EmulatedSlice, duty: float, occupancy: float, memory_mib: int
+    directory: Path,
+    the_slice: EmulatedSlice,
+    me: ActiveClient,
+    memory_mib: int,
 ) -> Path:
     """Check memory and write this kernel's record, atomically with respect to other kernels."""
     pid = os.getpid()
@@ -492,9 +633,10 @@ def _admit(
             "pid": pid,
             "mps": the_slice.mps,
             "sm_limit": the_slice.sm_limit,
-            "duty": duty,
-            "occupancy": occupancy,
-            "parallelism": duty * occupancy,
+            "duty": me.duty,
+            "occupancy": me.occupancy,
+            "parallelism": me.parallelism,
+            "bandwidth": me.bandwidth,
             "memory_mib": memory_mib,
             "started": time.time(),
         }
@@ -512,12 +654,13 @@ def kernel(
     memory: int | str | None = None,
     duty: float | None = None,
     occupancy: float | None = None,
+    bandwidth: float = 0.0,
 ) -> KernelResult:
     """Run an emulated GPU kernel: sleep, in real time, as long as it would take on this slice.
 
-    A task is described by ``duty`` and ``occupancy`` (docs/emulation-model.md). ``parallelism``
-    alone keeps its old meaning, ``duty`` 1 and ``occupancy = parallelism``; nothing given is a
-    full task (``duty`` = ``occupancy`` = 1).
+    A task is described by ``duty``, ``occupancy`` and ``bandwidth`` (docs/emulation-model.md).
+    ``parallelism`` alone keeps its old meaning, ``duty`` 1 and ``occupancy = parallelism``;
+    nothing given is a full task (``duty`` = ``occupancy`` = 1) that moves no memory.
 
     Args:
         work_ms: time the task takes with a whole device to itself, in ms (its kernels and the
@@ -529,15 +672,22 @@ def kernel(
             is host time (kernel launch, Python dispatch), not slowed by other tasks' kernels.
         occupancy: fraction of the device's SMs its kernels keep busy while they run, in (0, 1]
             (small kernels cannot fill an H100).
+        bandwidth: fraction of the device's usable memory bandwidth its kernels move while
+            they run alone, in [0, 1]; kernels of one context share it as they share the SMs.
+            0 (the default) leaves the task out of bandwidth sharing.
 
     Raises:
         CudaOutOfMemoryError: ``memory`` is over the MPS pinned limit or the device's free memory.
+        CudaError: this process is an MPS client whose server or control daemon is gone (now,
+            or before: the error is sticky).
         UsageError: bad arguments, or a slice environment CUDA would refuse.
+        MpsError: the MPS daemon refused this client at context creation.
     """
     if work_ms < 0:
         raise UsageError(f"work_ms must be >= 0, got {work_ms}")
     try:
         task_duty, task_occupancy = task_shape(parallelism, duty, occupancy)
+        task_bandwidth = check_bandwidth(bandwidth)
     except ValueError as err:
         raise UsageError(str(err)) from err
     try:
@@ -545,11 +695,21 @@ def kernel(
     except ValueError as err:
         raise UsageError(f"memory: {err}") from err
     the_slice = current_slice()
+    check_context()  # a lost context fails every kernel, whatever the environment says now
+    grant = the_slice.grant
+    pipe_dir = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "")
     directory = _device_dir(emulate_dir(), the_slice.device.uuid)
-    me = ActiveClient(os.getpid(), the_slice.mps, the_slice.sm_limit, task_occupancy, task_duty)
+    me = ActiveClient(
+        os.getpid(),
+        the_slice.mps,
+        the_slice.sm_limit,
+        task_occupancy,
+        task_duty,
+        task_bandwidth,
+    )
 
     start = time.monotonic()
-    record_path = _admit(directory, the_slice, task_duty, task_occupancy, memory_mib)
+    record_path = _admit(directory, the_slice, me, memory_mib)
     progress = 0.0  # fraction of work_ms done
     shared = False
     last = start
@@ -566,6 +726,8 @@ def kernel(
             last = now
             with contextlib.suppress(OSError):
                 os.utime(record_path)  # heartbeat
+            if grant is not None:  # a kernel in flight fails when its server goes
+                _check_grant(pipe_dir, grant)
     finally:
         with contextlib.suppress(OSError):
             record_path.unlink()
@@ -583,4 +745,5 @@ def kernel(
         parallelism=average,
         duty=task_duty,
         occupancy=task_occupancy,
+        bandwidth=task_bandwidth,
     )

@@ -12,7 +12,9 @@ Host gaps are never slowed by the GPU. Inside a CUDA context (one process, or th
 for all its clients) kernels share the SMs; different contexts take turns on the device, but
 only while they have a kernel to run, so one context's kernels fill another's host gaps.
 ``parallelism = duty * occupancy`` is the time-averaged SM fraction of the task alone, the one
-number the model used before it had two.
+number the model used before it had two. A task may also declare ``bandwidth``, the fraction of
+the device's usable memory bandwidth its kernels move while they run: inside a context, kernels
+share the bandwidth as they share the SMs, and the scarcer of the two sets their speed.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from gpuslice.mps.limits import visible_sm_count
+from fractions import Fraction
 
 #: Share of the device's time that does work when more than one CUDA context competes for it.
 #: NVIDIA documents that without MPS the contexts' scheduling resources "must be swapped on and
@@ -38,10 +39,19 @@ _SOLVE_STEPS = 60
 #: creation fails (MPS overview, "Client-Server Connection Limits").
 MAX_MPS_CLIENTS = 48
 
-#: SMs the hardware hands out together under an active-thread-percentage limit. One TPC is two
-#: SMs on Volta and later; an RTX 2080 was observed to grant SMs "2 at a time" under
-#: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE (rlscope's experiments). Not confirmed by NVIDIA's text,
-#: which says only "rounded down to the nearest hardware supported thread count limit".
+#: SMs per texture processing cluster (TPC), the unit the emulator hands SMs out in under an
+#: active thread percentage. Two on Volta and later: the H100 SXM5 has 66 TPCs for its 132 SMs
+#: and the full GH100 72 TPCs for 144 SMs ("2 SMs/TPC", NVIDIA Hopper architecture whitepaper,
+#: tabulated at https://glennklockwood.com/garden/processors/h100). That MPS grants whole TPCs is
+#: an observation (an RTX 2080 granted SMs "2 at a time" under CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
+#: in rlscope's experiments), not NVIDIA's text; see :func:`mps_visible_sm_count`.
+SMS_PER_TPC = 2
+
+#: Resident threads per SM on compute capability 7.0 to 9.0 (Volta to Hopper): the "maximum
+#: number of resident threads per SM" row of the CUDA C++ Programming Guide's table of technical
+#: specifications per compute capability. The active thread percentage is a share of the
+#: device's threads, ``sm_count * MAX_THREADS_PER_SM``.
+MAX_THREADS_PER_SM = 2048
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,9 @@ class ActiveClient:
         duty: fraction of its time alone during which one of its kernels runs, in (0, 1]; the
             rest is host time between kernels (launch, Python dispatch). 1 by default, so
             ``ActiveClient(pid, mps, limit, p)`` is the one-number task of parallelism ``p``.
+        bandwidth: fraction of the device's usable memory bandwidth its kernels move while they
+            run alone, in [0, 1] (1 for a streaming kernel). 0 by default: a task that does not
+            declare it takes no part in bandwidth sharing.
     """
 
     pid: int
@@ -136,6 +149,7 @@ class ActiveClient:
     sm_limit: float
     occupancy: float
     duty: float = 1.0
+    bandwidth: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.occupancy <= 1.0:
@@ -144,6 +158,7 @@ class ActiveClient:
             raise ValueError(f"duty must be in (0, 1], got {self.duty}")
         if not 0.0 < self.sm_limit <= 1.0:
             raise ValueError(f"sm_limit must be in (0, 1], got {self.sm_limit}")
+        check_bandwidth(self.bandwidth)
 
     @property
     def parallelism(self) -> float:
@@ -151,9 +166,41 @@ class ActiveClient:
         return self.duty * self.occupancy
 
 
+def check_bandwidth(bandwidth: float) -> float:
+    """``bandwidth`` if it is a fraction of the device's bandwidth, in [0, 1].
+
+    Raises:
+        ValueError: it is outside [0, 1] (or not a number).
+    """
+    if not 0.0 <= bandwidth <= 1.0:
+        raise ValueError(f"bandwidth must be in [0, 1], got {bandwidth}")
+    return bandwidth
+
+
 def mps_visible_sm_count(sm_count: int, percentage: float | None) -> int:
-    """SMs an MPS client sees under a thread percentage; the rule lives in gpuslice.mps.limits."""
-    return visible_sm_count(sm_count, percentage)
+    """SMs an MPS client sees (``cudaDevAttrMultiProcessorCount``) under a thread percentage.
+
+    NVIDIA: with the active thread percentage, "the limit will be internally rounded down to the
+    nearest hardware supported thread count limit" (MPS overview, "Volta MPS Execution Resource
+    Provisioning", https://docs.nvidia.com/deploy/mps/index.html). The emulator reads that as: the
+    percentage of the device's threads (``sm_count * MAX_THREADS_PER_SM``) is rounded down to
+    whole TPCs (:data:`SMS_PER_TPC` SMs of :data:`MAX_THREADS_PER_SM` threads each), at least one
+    TPC. This is the emulator's own reading of NVIDIA's text, written apart from the planner's
+    (``gpuslice.mps.limits``) on purpose, so that a planner mistake shows up as a slice that sees
+    another SM count than planned. The TPC granularity is an observation, not NVIDIA's text.
+
+    Args:
+        sm_count: SMs of the device (a whole GPU or a MIG instance).
+        percentage: the client's effective ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``, or None.
+    """
+    if percentage is None or percentage >= 100:
+        return sm_count
+    if percentage <= 0:
+        raise ValueError(f"an active thread percentage must be in (0, 100], got {percentage}")
+    # Exact decimal arithmetic: a binary float such as 33.3 must not land just below a TPC.
+    threads = Fraction(sm_count * MAX_THREADS_PER_SM) * Fraction(str(percentage)) / 100
+    tpcs = int(threads // (SMS_PER_TPC * MAX_THREADS_PER_SM))
+    return min(sm_count, max(1, tpcs) * SMS_PER_TPC)
 
 
 def context_count(clients: Sequence[ActiveClient]) -> int:
@@ -187,15 +234,35 @@ def _sm_use(members: Sequence[ActiveClient], speeds: Sequence[float]) -> float:
     )
 
 
+def _bandwidth_use(members: Sequence[ActiveClient], speeds: Sequence[float]) -> float:
+    """Average fraction of the device's usable bandwidth the members use at these speeds.
+
+    The bytes a kernel moves are fixed per unit of work, like its SM-time, so a member
+    progressing at rate ``r`` uses ``r * duty * bandwidth`` of the bandwidth on average.
+    """
+    return sum(
+        _rate(c.duty, speed) * c.duty * c.bandwidth
+        for c, speed in zip(members, speeds, strict=True)
+    )
+
+
+def _use(members: Sequence[ActiveClient], speeds: Sequence[float]) -> float:
+    """The busier of the two shared resources, SMs and bandwidth, as a fraction of all of it."""
+    return max(_sm_use(members, speeds), _bandwidth_use(members, speeds))
+
+
 def context_rates(members: Sequence[ActiveClient]) -> tuple[list[float], float]:
     """Rates of the kernels of one context while it holds the device, and its busy fraction.
 
-    Inside a context kernels share the SMs. A member's kernels run at speed
-    ``min(occupancy, sm_limit) / occupancy`` (an MPS limit below its occupancy slows them);
-    when the members together would use more than the device's SMs, every kernel speed is
-    scaled by the same factor, chosen so that they use exactly all of them (for members with
-    ``duty`` 1 this is the proportional rule ``demand / sum(demand)`` with
-    ``demand = min(occupancy, sm_limit)``). Host gaps are not slowed.
+    Inside a context kernels share two resources: the SMs and the memory bandwidth. A member's
+    kernels run at speed ``min(occupancy, sm_limit) / occupancy`` (an MPS limit below its
+    occupancy slows them; MPS limits SMs, not bandwidth). When the members together would use
+    more than all of either resource, every kernel speed is scaled by the same factor, the
+    largest one at which neither the SMs nor the bandwidth are over-used: the scarcer resource
+    is the bottleneck, as in a roofline model, and it is shared in proportion to demand (for
+    members with ``duty`` 1 this is ``demand / sum(demand)``, with ``demand`` =
+    ``min(occupancy, sm_limit)`` for the SMs and the speed-scaled ``bandwidth`` for memory).
+    Host gaps are not slowed.
 
     Returns:
         The rates, in the order given, and the fraction of time at least one member has a
@@ -204,11 +271,11 @@ def context_rates(members: Sequence[ActiveClient]) -> tuple[list[float], float]:
     """
     base = [min(c.occupancy, c.sm_limit) / c.occupancy for c in members]
     scale = 1.0
-    if _sm_use(members, base) > 1.0:
-        low, high = 0.0, 1.0  # _sm_use grows with the scale: bisect, keeping the feasible side
+    if _use(members, base) > 1.0:
+        low, high = 0.0, 1.0  # _use grows with the scale: bisect, keeping the feasible side
         for _ in range(_SOLVE_STEPS):
             middle = (low + high) / 2
-            if _sm_use(members, [middle * b for b in base]) > 1.0:
+            if _use(members, [middle * b for b in base]) > 1.0:
                 high = middle
             else:
                 low = middle
@@ -236,9 +303,10 @@ def time_share(busy: Sequence[float], efficiency: float = TIMESLICE_EFFICIENCY) 
 def rates(clients: Sequence[ActiveClient], efficiency: float = TIMESLICE_EFFICIENCY) -> list[float]:
     """Progress rate of each running kernel: the fraction of its ``work_ms`` done per ms.
 
-    Rules (docs/emulation-model.md): kernels of one context share its SMs
-    (:func:`context_rates`); contexts share the device's time (:func:`time_share`), each
-    counting for its busy fraction. A kernel alone with ``occupancy <= sm_limit`` runs at
+    Rules (docs/emulation-model.md): kernels of one context share its SMs and the memory
+    bandwidth (:func:`context_rates`); contexts share the device's time (:func:`time_share`),
+    each counting for its busy fraction (only one context's kernels run at a time, so contexts
+    never compete for bandwidth). A kernel alone with ``occupancy <= sm_limit`` runs at
     rate 1, whatever its duty: its duration is ``work_ms``.
 
     Args:
@@ -269,14 +337,21 @@ def duration_alone_ms(
     *,
     duty: float | None = None,
     occupancy: float | None = None,
+    bandwidth: float = 0.0,
 ) -> float:
     """Duration of a kernel that has its device (or its MPS limit) to itself.
 
     ``parallelism``, ``duty`` and ``occupancy`` are read as :func:`task_shape` reads them.
+    Alone, ``bandwidth`` (at most all of it) never slows a task.
     """
     task_duty, task_occupancy = task_shape(parallelism, duty, occupancy)
     client = ActiveClient(
-        pid=0, mps=False, sm_limit=sm_limit, occupancy=task_occupancy, duty=task_duty
+        pid=0,
+        mps=False,
+        sm_limit=sm_limit,
+        occupancy=task_occupancy,
+        duty=task_duty,
+        bandwidth=bandwidth,
     )
     return work_ms / rates([client])[0]
 
