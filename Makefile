@@ -14,7 +14,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet -e '.[test]' $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test,globus]' $(TORCH)
 	touch $@
 
 demo: $(VENV)/.installed

@@ -59,8 +59,10 @@ def test_every_worker_sees_exactly_its_slice(layout: Layout, pool: str) -> None:
         assert view["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == memory
         assert view["visible_sms"] == str(the_slice.expected_sms)
     assert {v["CUDA_VISIBLE_DEVICES"] for v in seen} == set(the_pool.devices)
-    ranks = {v["PARSL_WORKER_RANK"] for v in seen}
-    assert ranks == {str(r) for r in range(len(the_pool.slices))}
+    # One Parsl worker pool per (pool, device): ranks count the device's slices.
+    per_device = len(the_pool.slices) // len(set(the_pool.devices))
+    ranks = {(v["CUDA_VISIBLE_DEVICES"], v["PARSL_WORKER_RANK"]) for v in seen}
+    assert ranks == {(d, str(r)) for d in the_pool.devices for r in range(per_device)}
 
 
 def test_tasks_land_only_in_their_pool(layout: Layout) -> None:

@@ -127,3 +127,64 @@ def test_one_sm_granule_below_the_plan_is_accepted_and_no_more(
     else:
         with pytest.raises(SliceCheckError, match="fewer SMs than planned"):
             prepare_worker(env)
+
+
+LEAVER = """
+import os, sys
+from parsl.serialize import pack_apply_message
+from gpuslice.parsl.worker import execute_task, prepare_worker
+prepare_worker()  # the first task: this process becomes an MPS client of the daemon
+print("ready", flush=True)
+sys.stdin.readline()  # the test kills the daemon meanwhile
+print(execute_task(pack_apply_message(os.getpid, (), {})), flush=True)
+"""
+
+
+def test_a_worker_whose_context_died_with_its_daemon_leaves_before_running_a_task(
+    root: Path,
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from gpuslice.mps import daemon
+    from gpuslice.parsl.worker import SLICE_LOST_EXIT
+
+    pipe = str(root / "mps" / GPU / "pipe")
+    log = str(root / "mps" / GPU / "log")
+    daemon.ensure(pipe, log, GPU)
+    env = {
+        **os.environ,
+        **worker_env(
+            CUDA_MPS_PIPE_DIRECTORY=pipe,
+            CUDA_MPS_LOG_DIRECTORY=log,
+            CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="50",
+            GPUSLICE_EXPECTED_SMS="66",
+            GPUSLICE_NODE="node7",
+        ),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", LEAVER],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        dead = daemon.read_pid(pipe)
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        daemon.wait_gone([dead], 5)
+        out, err = child.communicate("go\n", timeout=30)
+    finally:
+        child.kill()
+        daemon.stop(pipe, timeout=5)
+    assert child.returncode == SLICE_LOST_EXIT
+    assert out == ""  # the task did not run
+    assert f"on {GPU} on node7 leaves: its CUDA context is lost" in err
+    assert "cudaErrorMps" in err

@@ -239,17 +239,21 @@ def ensure(
     device: str | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
+    holder: str | None = None,
 ) -> DaemonStatus:
     """Make sure exactly one daemon answers on ``pipe_dir``, starting it if needed.
 
     Safe to call from many processes at once: they serialise on a file lock and all but
-    the first find the daemon answering.
+    the first find the daemon answering. With ``holder``, the caller also takes a lease on
+    the daemon (:func:`release` stops it once the last live lease is gone).
 
     Args:
         pipe_dir: the daemon's pipe directory (created 0700 if missing).
         log_dir: its log directory (created 0700 if missing).
         device: the ``GPU-…``/``MIG-…`` UUID the daemon serves (its ``CUDA_VISIBLE_DEVICES``).
         timeout: seconds to wait for the lock, and then for a new daemon to answer.
+        holder: a name for the caller's lease (e.g. ``node-run.<group>.<pid>``); the lease
+            lives as long as the process that took it.
 
     Returns:
         The status; ``started`` tells whether this call started the daemon, ``restarted``
@@ -261,8 +265,101 @@ def ensure(
     prepare_directories(pipe_dir, log_dir)
     with _locked(pipe_dir, timeout):
         if control.ping(pipe_dir):
-            return status(pipe_dir, log_dir)
-        return _start_locked(pipe_dir, log_dir, device, timeout)
+            found = status(pipe_dir, log_dir)
+            if holder is not None and not _lease_files(pipe_dir):
+                # Started by hand (or by an older gpuslice): its owner is not a lease holder,
+                # so the holders' release must never stop it.
+                _write_lease(pipe_dir, EXTERNAL_LEASE, pid=0)
+        else:
+            found = _start_locked(pipe_dir, log_dir, device, timeout)
+        if holder is not None:
+            _write_lease(pipe_dir, holder)
+        return found
+
+
+def _lease_dir(pipe_dir: str) -> Path:
+    """Leases on the daemon of ``pipe_dir``: ``<device>/pipe.leases/<holder>`` (holder's PID)."""
+    pipe = Path(pipe_dir)
+    return pipe.with_name(pipe.name + ".leases")
+
+
+#: The lease that stands for a daemon's owner outside gpuslice's leases (started by hand).
+EXTERNAL_LEASE = "external"
+
+
+def _lease_files(pipe_dir: str) -> list[Path]:
+    try:
+        return list(_lease_dir(pipe_dir).iterdir())
+    except OSError:
+        return []
+
+
+def _write_lease(pipe_dir: str, holder: str, pid: int | None = None) -> None:
+    """Record ``holder``'s lease with its PID; an existing live lease of that holder is kept.
+
+    Keeping it matters: a worker that restarts a daemon re-leases it for its node run, whose
+    PID (not the worker's) must stay in the lease.
+    """
+    if not holder or "/" in holder or holder in (".", ".."):
+        raise MpsError(f"a lease holder is a plain name, not {holder!r}")
+    directory = _lease_dir(pipe_dir)
+    _make_dirs(str(directory))
+    check_private_dir(str(directory), "lease")
+    path = directory / holder
+    if holder in _live_leases(pipe_dir):
+        return
+    path.write_text(f"{os.getpid() if pid is None else pid}\n")
+
+
+def _live_leases(pipe_dir: str) -> dict[str, int]:
+    """Holder -> PID of every lease whose process is alive (dead holders' leases are removed)."""
+    live: dict[str, int] = {}
+    directory = _lease_dir(pipe_dir)
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return live
+    for entry in entries:
+        try:
+            pid = int(entry.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if entry.name == EXTERNAL_LEASE or process_alive(pid):
+            live[entry.name] = pid
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    return live
+
+
+def leases(pipe_dir: str) -> tuple[str, ...]:
+    """Holders with a live lease on the daemon of ``pipe_dir``, sorted."""
+    return tuple(sorted(_live_leases(pipe_dir)))
+
+
+def release(
+    pipe_dir: str, log_dir: str, holder: str, *, timeout: float = DEFAULT_TIMEOUT_S
+) -> StopReport | None:
+    """Give up ``holder``'s lease; stop the daemon when no live lease is left.
+
+    Lock-safe against concurrent :func:`ensure` and :func:`release` calls: a process that
+    leases the daemon while it is being released either keeps it running or finds it gone
+    and starts a new one.
+
+    Returns:
+        What :func:`stop` did, or None when other holders keep the daemon running.
+    """
+    with _locked(pipe_dir, timeout):
+        with contextlib.suppress(OSError):
+            (_lease_dir(pipe_dir) / holder).unlink()
+        others = _live_leases(pipe_dir)
+        if others:
+            note(
+                log_dir, f"{holder} released the daemon; still held by {', '.join(sorted(others))}"
+            )
+            return None
+        note(log_dir, f"{holder} released the daemon, its last lease: stopping it")
+        return stop(pipe_dir, timeout, log_dir)
 
 
 def start(
@@ -364,8 +461,8 @@ def status(pipe_dir: str, log_dir: str | None = None) -> DaemonStatus:
     )
 
 
-def _children(pid: int) -> tuple[int, ...]:
-    """PIDs whose parent is ``pid`` (the servers of a daemon that no longer answers)."""
+def children(pid: int) -> tuple[int, ...]:
+    """PIDs whose parent is ``pid`` (a daemon's servers, found without asking the daemon)."""
     found: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -414,7 +511,7 @@ def stop(
         with contextlib.suppress(MpsError):
             server_pids = control.get_server_list(pipe_dir)
     if daemon_pid is not None:
-        server_pids = tuple(dict.fromkeys((*server_pids, *_children(daemon_pid))))
+        server_pids = tuple(dict.fromkeys((*server_pids, *children(daemon_pid))))
     quit_accepted = False
     if answering:
         try:
@@ -434,6 +531,9 @@ def stop(
         still = wait_gone(killed, 5.0)
         if still:
             raise MpsError(f"processes {list(still)} of {pipe_dir} survived SIGKILL")
+    for lease in _lease_files(pipe_dir):  # a stopped daemon is nobody's any more
+        with contextlib.suppress(OSError):
+            lease.unlink()
     return StopReport(
         pipe_dir=pipe_dir,
         was_running=answering or daemon_pid is not None,

@@ -15,24 +15,18 @@ https://docs.nvidia.com/deploy/mps/latest/appendix-environment-variables.html):
   one visible device the ordinal is ``0``; gpuslice writes an exact integer in ``M``
   (the unit letter NVIDIA's control commands document beside ``G``).
 
-Pools: Parsl exports one ``worker_init`` per executor and gives each worker its own
-``CUDA_VISIBLE_DEVICES``. A pool's slices may sit on several GPUs with one daemon each,
-so :func:`pool_environment` exports the daemons as maps, and :func:`activate`, run in
-the worker, picks its own daemon from its ``CUDA_VISIBLE_DEVICES``. Map format
-(``GPUSLICE_MPS_PIPE_DIRS``, ``GPUSLICE_MPS_LOG_DIRS``): ``<device>=<dir>`` entries
-joined by ``;``, e.g. ``GPU-a=/p/a/pipe;GPU-b=/p/b/pipe`` (UUIDs contain neither ``=``
-nor ``;``; directories must not contain ``;``).
+On a node, ``gpuslice node-run`` starts one Parsl worker pool per (pool, device) with its
+slice's environment (:func:`slice_environment`) exported, so every worker of that worker pool,
+and every task it runs, is inside the slice before CUDA starts.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 
 from gpuslice.errors import MpsError
-from gpuslice.mps import control
-from gpuslice.plan.layout import PoolLayout, Slice
+from gpuslice.plan.layout import Slice
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 PIPE = "CUDA_MPS_PIPE_DIRECTORY"
@@ -40,8 +34,6 @@ LOG = "CUDA_MPS_LOG_DIRECTORY"
 COMPUTE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
 MEMORY = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
 POOL = "GPUSLICE_POOL"
-PIPE_DIRS = "GPUSLICE_MPS_PIPE_DIRS"
-LOG_DIRS = "GPUSLICE_MPS_LOG_DIRS"
 
 
 def memory_limit(mib: int) -> str:
@@ -90,115 +82,6 @@ def slice_environment(slice: Slice) -> dict[str, str]:
         env[LOG] = slice.mps_log_dir
     env.update(_limits(slice.compute, slice.memory_mib))
     return env
-
-
-def _device_map(pairs: Mapping[str, str]) -> str:
-    for device, directory in pairs.items():
-        if ";" in directory or "=" in device or ";" in device:
-            raise MpsError(f"cannot export {device}={directory}: ';' and '=' are separators")
-    return ";".join(f"{device}={directory}" for device, directory in pairs.items())
-
-
-def parse_device_map(text: str) -> dict[str, str]:
-    """Read a ``GPU-a=/p/a;GPU-b=/p/b`` map back into ``{device: directory}``."""
-    result: dict[str, str] = {}
-    for entry in text.split(";"):
-        if not entry.strip():
-            continue
-        device, sep, directory = entry.partition("=")
-        if not sep or not device.strip() or not directory:
-            raise MpsError(f"malformed device map entry {entry!r} in {text!r}")
-        result[device.strip()] = directory
-    return result
-
-
-def _one(values: set[int | None], what: str, pool: str) -> int | None:
-    if len(values) > 1:
-        raise MpsError(f"pool {pool!r} mixes {what} values {sorted(map(str, values))}")
-    return next(iter(values), None)
-
-
-def pool_environment(pool: PoolLayout) -> dict[str, str]:
-    """Variables common to every worker of a pool (what ``worker_init`` exports).
-
-    ``CUDA_VISIBLE_DEVICES`` is not among them: Parsl sets it per worker.
-
-    Raises:
-        MpsError: the pool's slices disagree on limits, or one device has two daemons.
-    """
-    for slice_ in pool.slices:
-        _require_mps(slice_)
-    env = {POOL: pool.name}
-    mps = [s for s in pool.slices if s.uses_mps]
-    if not mps:
-        return env
-    pipes: dict[str, str] = {}
-    logs: dict[str, str] = {}
-    for slice_ in mps:
-        assert slice_.mps_pipe_dir is not None  # uses_mps
-        if pipes.setdefault(slice_.device, slice_.mps_pipe_dir) != slice_.mps_pipe_dir:
-            raise MpsError(
-                f"pool {pool.name!r} gives device {slice_.device} two pipe directories: "
-                f"{pipes[slice_.device]} and {slice_.mps_pipe_dir}"
-            )
-        if slice_.mps_log_dir is not None:
-            logs.setdefault(slice_.device, slice_.mps_log_dir)
-    env[PIPE_DIRS] = _device_map(pipes)
-    if logs:
-        env[LOG_DIRS] = _device_map(logs)
-    compute = _one({s.compute for s in mps}, "compute", pool.name)
-    memory = _one({s.memory_mib for s in mps}, "memory", pool.name)
-    env.update(_limits(compute, memory))
-    return env
-
-
-def activate(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Point this worker at its device's MPS daemon and check that the daemon answers.
-
-    Run inside a worker before the first task touches CUDA. It reads the worker's
-    ``CUDA_VISIBLE_DEVICES`` and the pool's ``GPUSLICE_MPS_PIPE_DIRS``/``…_LOG_DIRS``
-    maps, and sets ``CUDA_MPS_PIPE_DIRECTORY``/``CUDA_MPS_LOG_DIRECTORY``. A pool without
-    MPS (no map) is left alone.
-
-    Args:
-        environ: the environment to read and update (this process's by default).
-
-    Returns:
-        The variables it set (empty for a pool without MPS).
-
-    Raises:
-        MpsError: the worker's device has no daemon in the map, or its daemon does not
-            answer: a CUDA client that cannot reach its daemon runs with no limit at all,
-            and a slice is never silently unlimited.
-    """
-    env = environ
-    pipe_map = env.get(PIPE_DIRS, "")
-    if not pipe_map:
-        return {}
-    device = env.get(VISIBLE, "").strip()
-    if not device or "," in device:
-        raise MpsError(
-            f"this worker's {VISIBLE} is {device!r}; an MPS slice needs exactly one device "
-            "UUID (pass UUIDs as Parsl's available_accelerators)"
-        )
-    pipes = parse_device_map(pipe_map)
-    if device not in pipes:
-        raise MpsError(
-            f"device {device} has no MPS daemon in {PIPE_DIRS} ({', '.join(pipes)}); "
-            "the worker's device is not one of its pool's"
-        )
-    chosen = {PIPE: pipes[device]}
-    log_dir = parse_device_map(env.get(LOG_DIRS, "")).get(device)
-    if log_dir is not None:
-        chosen[LOG] = log_dir
-    if not control.ping(chosen[PIPE]):
-        raise MpsError(
-            f"the MPS daemon for {device} does not answer on {chosen[PIPE]}; a CUDA client "
-            "would run without any limit, so this worker refuses to start. Run "
-            "`gpuslice mps ensure` on this node"
-        )
-    env.update(chosen)
-    return chosen
 
 
 def export_lines(env: Mapping[str, str]) -> str:

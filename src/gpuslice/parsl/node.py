@@ -167,6 +167,7 @@ class _WorkerPool:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     stopped: bool = False
+    failed: bool = False
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, env=self.env)
@@ -391,7 +392,7 @@ class NodeAgent:
     def _give_up(self, device: str, reason: str) -> None:
         for wp in self.pools:
             if wp.device == device and not wp.stopped:
-                wp.stopped = True
+                wp.stopped = wp.failed = True
                 _say(
                     f"stopping pool {wp.pool}'s workers on {device} on node {self.node}: {reason}; "
                     "Parsl retries their tasks elsewhere"
@@ -408,8 +409,11 @@ class NodeAgent:
             _say(f"pool {wp.pool}'s workers on {wp.device} finished")
             return
         if wp.restarts >= MANAGER_RESTARTS:
-            wp.stopped = True
-            self._give_up(wp.device, f"pool {wp.pool}'s worker pool exited {code} repeatedly")
+            wp.stopped = wp.failed = True
+            _say(
+                f"pool {wp.pool}'s worker pool on {wp.device} exited {code} "
+                f"{wp.restarts + 1} times; not restarting it again"
+            )
             return
         wp.restarts += 1
         _say(f"pool {wp.pool}'s worker pool on {wp.device} exited {code}; restarting it")
@@ -420,7 +424,8 @@ class NodeAgent:
 
         Returns:
             The exit status: 0 when the worker pools finished or the block was cancelled, 1
-            when every device of the node had to be given up.
+            when every worker pool stopped and some of them failed (a device given up on, a
+            worker pool that kept crashing).
         """
         while not self.stopping:
             for watch in self.daemons:
@@ -430,9 +435,9 @@ class NodeAgent:
             if all(wp.stopped for wp in self.pools):
                 break
             time.sleep(SUPERVISE_PERIOD_S)
-        given_up = [w.daemon.device for w in self.daemons if w.given_up]
-        if given_up and not self.stopping:
-            _say(f"node {self.node}: every worker pool stopped; given up on {', '.join(given_up)}")
+        failed = [f"{wp.pool} on {wp.device}" for wp in self.pools if wp.failed]
+        if failed and not self.stopping:
+            _say(f"node {self.node}: every worker pool stopped; failed: {', '.join(failed)}")
             return 1
         return 0
 
