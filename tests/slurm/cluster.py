@@ -15,7 +15,7 @@ Facts this module relies on, each checked against Slurm 22.05.8 and munge 0.5.15
 bookworm) on this machine:
 
 - ``AuthInfo=socket=PATH`` points auth/munge and cred/munge at a private munged socket
-  (slurm.conf(5), "AuthInfo"; https://slurm.schedmd.com/archive/slurm-22.05.8/slurm.conf.html).
+  (slurm.conf(5) of the installed 22.05.8, "AuthInfo"; https://slurm.schedmd.com/slurm.conf.html).
 - munged refuses a socket directory without execute permission for all ("Socket is
   inaccessible: execute permissions for all required"), so the munge directory is 0755.
 - ``proctrack/linuxproc``, ``task/none`` and ``jobacct_gather/none`` need no cgroup: slurmd
@@ -280,8 +280,8 @@ def ensure_installed(*, install: bool = True, timeout: float = 600.0) -> float:
 
     Installs with apt-get, non-interactive and quiet. Debian's maintainer scripts would start
     the system munge service where the init system allows it; a ``policy-rc.d`` that denies
-    every start (exit 101, https://manpages.debian.org/bookworm/init-system-helpers/invoke-rc.d.8)
-    stops them for the duration, unless the machine already has its own policy.
+    every action (exit 101, "action forbidden by policy": README.policy-rc.d of Debian's
+    init-system-helpers) stops them for the duration, unless the machine has its own policy.
 
     Args:
         install: install what is missing (False: only check).

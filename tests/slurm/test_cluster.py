@@ -45,17 +45,20 @@ def _report_script(cluster: Cluster, *steps: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 def test_sbatch_wrap_runs_on_the_node_and_its_output_comes_back(slurm_cluster: Cluster) -> None:
     job = slurm_cluster.batch("--wrap", "echo job $SLURM_JOB_ID on $SLURMD_NODENAME")
     assert job.output.strip() == f"job {job.job_id} on {slurm_cluster.hostname}"
 
 
+@pytest.mark.slow
 def test_a_job_writes_to_the_scratch_directory(slurm_cluster: Cluster) -> None:
     target = Path(tempfile.mkdtemp(dir=slurm_cluster.scratch)) / "written"
     slurm_cluster.batch("--wrap", f"echo $SLURM_JOB_PARTITION > {target}")
     assert target.read_text().strip() == slurm_cluster.partition
 
 
+@pytest.mark.slow
 def test_a_job_given_gpus_reads_them_as_job_allocation_does(slurm_cluster: Cluster) -> None:
     holder = slurm_cluster.submit("--gres=gpu:1", "--wrap", "sleep 60")
     try:
@@ -84,6 +87,7 @@ def test_a_job_given_gpus_reads_them_as_job_allocation_does(slurm_cluster: Clust
     assert [g.index for g in picked.gpus] == [int(g) for g in gpus]
 
 
+@pytest.mark.slow
 def test_an_exclusive_job_gives_its_gpus_to_the_batch_script_but_not_to_an_srun_step(
     slurm_cluster: Cluster,
 ) -> None:
@@ -99,6 +103,7 @@ def test_an_exclusive_job_gives_its_gpus_to_the_batch_script_but_not_to_an_srun_
     assert reports["asked"]["gpus"] == every
 
 
+@pytest.mark.slow
 def test_a_gres_mps_job_is_seen_as_the_schedulers_mps(slurm_cluster: Cluster) -> None:
     job = slurm_cluster.batch("--gres=mps:50", script=_report_script(slurm_cluster))
     report = _reports(job.output)["batch"]
@@ -106,6 +111,7 @@ def test_a_gres_mps_job_is_seen_as_the_schedulers_mps(slurm_cluster: Cluster) ->
     assert report["source"] == "SLURM_JOB_GPUS"
 
 
+@pytest.mark.slow
 def test_a_percentage_exported_at_submission_is_not_taken_for_slurms(
     slurm_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,6 +121,7 @@ def test_a_percentage_exported_at_submission_is_not_taken_for_slurms(
     assert _reports(job.output)["batch"]["mps"] is None
 
 
+@pytest.mark.slow
 def test_start_again_reuses_the_running_cluster(slurm_cluster: Cluster) -> None:
     again = slurm.start(slurm_cluster.root, owner_pid=slurm_cluster.owner_pid)
     assert again.pids == slurm_cluster.pids
@@ -122,6 +129,7 @@ def test_start_again_reuses_the_running_cluster(slurm_cluster: Cluster) -> None:
     assert again.started_in_s == 0.0
 
 
+@pytest.mark.slow
 def test_stop_cancels_jobs_stops_daemons_and_removes_the_directory(
     slurm_cluster: Cluster,
 ) -> None:

@@ -11,7 +11,8 @@ Slurm (``SLURM_JOB_ID`` is set in every job):
     - ``SLURM_JOB_GPUS``: "the global GPU IDs of the GPUs allocated to this job. The GPU IDs are
       not relative to any device cgroup, even if devices are constrained with task/cgroup. Only
       set in batch and interactive jobs." ``SLURM_STEP_GPUS``: the same for a job step (srun).
-      (sbatch(1), srun(1), https://slurm.schedmd.com/sbatch.html#OPT_SLURM_JOB_GPUS.) Observed:
+      (sbatch(1) and srun(1) of 22.05, "OUTPUT ENVIRONMENT VARIABLES";
+      https://slurm.schedmd.com/sbatch.html.) Observed:
       comma-separated integers, the GPU's position among the node's configured GPUs (gres.conf
       ``File=…/nvidia[4-7]`` gives ``0..3``, not ``4..7``); with ``AutoDetect=nvml`` that is
       NVML's order.
@@ -280,14 +281,15 @@ def restrict_inventory(inventory: Inventory, allocation: JobAllocation) -> Inven
       a unique prefix).
     - ``MIG-…``: the MIG device with that UUID (or unique prefix); its parent GPU is kept with
       only the MIG devices named.
-    - an integer: a GPU in the node's own numbering. Slurm's IDs are never relative to a device
-      cgroup, but NVML inside such a cgroup sees only the job's GPUs, renumbered from 0 (NVML
-      counts only accessible devices, nvmlDeviceGetCount_v2). So when the inventory holds
-      exactly as many GPUs as the allocation names, it already is the job's view and is kept
-      whole; otherwise each integer is the GPU's NVML index. That matches Slurm when its GPUs
-      are autodetected through NVML or listed in gres.conf in NVML order, and
-      ``CUDA_VISIBLE_DEVICES`` of an unconstrained process when ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
-      (or the GPUs are all alike).
+    - an integer: the GPU with that NVML index. That matches Slurm when its GPUs are
+      autodetected through NVML or listed in gres.conf in NVML order, and an unconstrained
+      process's ``CUDA_VISIBLE_DEVICES`` when ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (or the GPUs are
+      all alike). One exception: Slurm's IDs are never relative to a device cgroup, but NVML
+      inside such a cgroup sees only the job's GPUs, renumbered from 0 (NVML counts accessible
+      devices only: NVML API reference, nvmlDeviceGetIndex; not yet seen on a GPU). So when an
+      ID lies beyond the inventory and the inventory holds exactly as many GPUs as the job was
+      given, the inventory already is the job's view: the IDs in ascending order are its GPUs
+      0, 1, ….
 
     Args:
         inventory: the node's GPUs (NVML, or a fleet file describing the node).
