@@ -66,6 +66,10 @@ DEFAULT_ROOT = Path("/tmp/gpuslice-slurm")
 #: Fake GPUs configured as gres/gpu unless told otherwise.
 DEFAULT_GPUS = 4
 FACTS_FILE = "cluster.json"
+#: What a cluster writes in its directory; ``stop`` removes these and nothing else.
+OWNED = ("etc", "state", "spool", "log", "run", "munge", "scratch", "dev", FACTS_FILE)
+#: Prefix of the directories the test fixture makes (and ``reap_orphans`` looks at).
+SESSION_PREFIX = "gs-slurm-"
 # Root's usual PATH may lack the sbin directories when a test runner sets its own.
 SBIN = ("/usr/sbin", "/sbin")
 
@@ -605,14 +609,21 @@ def start(
     running = status(root)
     if running is not None:
         return running
+    if not _cluster_dir(root):
+        raise ClusterUnavailable(
+            f"{root} is neither empty nor a cluster directory: choose another directory"
+        )
     if root.exists():
         stop(root)
     installed = ensure_installed(install=install)
     began_daemons = time.monotonic()
 
     layout = _Layout(root)
+    root.mkdir(parents=True, exist_ok=True)
+    # Claims the directory first, so that `stop` cleans up after a start that fails early.
+    layout.facts.write_text("{}\n")
     for sub in ("etc", "state", "spool", "log", "run", "munge", "scratch"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / sub).mkdir(exist_ok=True)
     # The munge socket's directory and its parents must be reachable by every user.
     root.chmod(0o755)
     layout.munge.chmod(0o755)
@@ -730,9 +741,17 @@ def stop(root: Path = DEFAULT_ROOT, *, timeout: float = 20.0) -> None:
 
     Cancels every job (Slurm signals the job's processes, then kills them after ``KillWait``),
     stops slurmd, slurmctld and munged, kills any process still carrying this cluster's
-    ``SLURM_CONF`` (a job step that outlived its slurmd), and removes ``root``.
+    ``SLURM_CONF`` (a job step that outlived its slurmd), and removes what the cluster wrote in
+    ``root`` (and ``root`` itself when nothing else is left in it).
+
+    Raises:
+        ValueError: ``root`` holds something that is not a cluster's: nothing is touched.
     """
     root = Path(root).absolute()
+    if not root.exists():
+        return
+    if not _cluster_dir(root):
+        raise ValueError(f"{root} is not a cluster directory (no {FACTS_FILE}): nothing stopped")
     layout = _Layout(root)
     cluster = _read_facts(root)
     if cluster is not None:
@@ -743,7 +762,21 @@ def stop(root: Path = DEFAULT_ROOT, *, timeout: float = 20.0) -> None:
         _signal_and_wait(order, timeout)
     if layout.conf.exists():
         _signal_and_wait(_processes_of(layout.conf), 5.0)
-    shutil.rmtree(root, ignore_errors=True)
+    for name in (*OWNED, FACTS_FILE + ".tmp"):
+        path = root / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
+def _cluster_dir(root: Path) -> bool:
+    """Whether ``root`` is missing, empty, or a cluster's (it has the facts file)."""
+    if not root.exists():
+        return True
+    return root.is_dir() and (not any(root.iterdir()) or (root / FACTS_FILE).exists())
 
 
 def _cancel_all(conf: Path, timeout: float) -> None:
@@ -772,7 +805,7 @@ def reap_orphans(base: Path) -> list[Path]:
         The directories of the clusters stopped.
     """
     reaped = []
-    for facts in Path(base).glob(f"*/{FACTS_FILE}"):
+    for facts in Path(base).glob(f"{SESSION_PREFIX}*/{FACTS_FILE}"):
         cluster = _read_facts(facts.parent)
         if cluster is None or cluster.owner_pid is None or _alive(cluster.owner_pid):
             continue
@@ -816,7 +849,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "stop":
-        stop(args.dir)
+        try:
+            stop(args.dir)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"stopped; {args.dir} removed")
         return 0
     if args.action == "status":

@@ -33,7 +33,7 @@ def slurm_cluster() -> Iterator[Cluster]:
     base = Path(tempfile.gettempdir())
     # A session that was killed leaves its cluster running: stop those whose owner is gone.
     slurm.reap_orphans(base)
-    root = Path(tempfile.mkdtemp(dir=base, prefix="gs-slurm-"))
+    root = Path(tempfile.mkdtemp(dir=base, prefix=slurm.SESSION_PREFIX))
     try:
         cluster = slurm.start(root, owner_pid=os.getpid())
     except ClusterUnavailable as err:

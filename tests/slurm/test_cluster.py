@@ -167,3 +167,20 @@ def test_without_slurm_or_apt_the_reason_names_the_packages(
         slurm.ensure_installed()
     assert "no apt-get" in raised.value.reason
     assert "slurmctld slurmd slurm-client munge" in raised.value.reason
+
+
+def test_stop_refuses_a_directory_that_is_not_a_clusters(tmp_path: Path) -> None:
+    keep = tmp_path / "keep.txt"
+    keep.write_text("mine")
+    with pytest.raises(ValueError, match="not a cluster directory"):
+        slurm.stop(tmp_path)
+    assert keep.read_text() == "mine"
+
+
+def test_start_refuses_a_directory_that_is_not_a_clusters(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    if os.geteuid() != 0:
+        pytest.skip("start checks for root first")
+    with pytest.raises(ClusterUnavailable, match="neither empty nor a cluster directory"):
+        slurm.start(tmp_path, install=False)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
