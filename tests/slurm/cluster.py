@@ -360,12 +360,19 @@ def _services_denied() -> Iterator[None]:
 # --- processes -----------------------------------------------------------------------------
 
 
+# Daemons this process started: only these are reaped here (another child's exit status
+# belongs to whoever started it, e.g. Parsl).
+_SPAWNED: set[int] = set()
+
+
 def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, or a child that exited and is reaped here, does not)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
+    """Whether ``pid`` runs (a zombie does not; a daemon started here is reaped when it ends)."""
+    if pid in _SPAWNED:
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                _SPAWNED.discard(pid)
+                return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -553,6 +560,7 @@ def _spawn(argv: Sequence[str], conf: Path, log: Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    _SPAWNED.add(proc.pid)
     return proc.pid
 
 

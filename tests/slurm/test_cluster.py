@@ -138,9 +138,10 @@ def test_stop_cancels_jobs_stops_daemons_and_removes_the_directory(
     other = slurm.start(root, gpus=0, owner_pid=os.getpid())
     try:
         assert other.slurmctld_port != slurm_cluster.slurmctld_port
-        running = other.submit("--wrap", "sleep 300")
+        other.submit("--wrap", "sleep 300")
+        # RUNNING in squeue comes before slurmstepd has started the script: wait for it.
         deadline = time.monotonic() + 30
-        while other.queued().get(running) != "RUNNING" and time.monotonic() < deadline:
+        while not other.job_processes() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert other.job_processes(), "the job should be running before stop"
     finally:
