@@ -190,6 +190,10 @@ class Cluster:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
         return done.stdout.strip().split(";")[0]
 
+    def cancel(self, *job_ids: str) -> None:
+        """``scancel`` these jobs (Slurm signals their processes, then kills them)."""
+        _run(["scancel", *job_ids], self.conf)
+
     def job_processes(self) -> list[int]:
         """Processes of this cluster's jobs still alive (they carry SLURM_JOB_ID)."""
         mine = {os.getpid(), os.getppid()}

@@ -66,7 +66,7 @@ def test_a_job_given_gpus_reads_them_as_job_allocation_does(slurm_cluster: Clust
             "--gpus=2", script=_report_script(slurm_cluster, "step:--gres=gpu:1")
         )
     finally:
-        slurm_cluster.batch("--wrap", f"scancel {holder}")
+        slurm_cluster.cancel(holder)
     reports = _reports(job.output)
     batch, step = reports["batch"], reports["step"]
     assert batch["source"] == "SLURM_JOB_GPUS"
