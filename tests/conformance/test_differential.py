@@ -21,6 +21,12 @@ UUID = "GPU-f1164376-cdca-5af5-8c30-751d35ce99e8"
 UID = os.getuid()
 
 
+PERCENTAGES = ("37.5", "0.5", "33.333", "1e1", "50abc", "0x10", "30 40", "100.04", "nan", "inf")
+PERCENTAGES += ("0.01", "99.96", "")
+PINNED_VALUES = ("10GiB", "10", "1.5G", "4096MB", "4g", "4m", "1G2", "0M", "abc", "-5M", "2K")
+PINNED_VALUES += ("+3G", "1048576M", "99999999999G")
+
+
 def ui(*lines: str, settle: str | None = None) -> Call:
     """One front-end run with ``lines`` on stdin, each ended by a newline."""
     return Call(stdin="".join(f"{line}\n" for line in lines), settle=settle)
@@ -98,55 +104,31 @@ SCRIPTS = [
     Script("empty stdin and empty lines", (Call(), ui(""), ui("", ""))),
     Script(
         "whitespace around and between words",
-        (Call(stdin="  get_server_list  \n\tget_default_active_thread_percentage\n"),),
+        (
+            Call(stdin="  get_server_list  \n\tget_default_active_thread_percentage\n"),
+            Call(stdin="get_default_client_priority\r\nget_client_list\t77\r\n"),
+        ),
     ),
     Script("last line without a newline", (Call(stdin="get_default_client_priority"),)),
     Script("quit with a timeout", (ui("quit -t 5"),)),
     Script("quit with arguments it does not know", (ui("quit abc"),)),
     Script(
         "percentages read as C's strtod reads them",
-        tuple(
-            ui(f"set_default_active_thread_percentage {p}")
-            for p in (
-                "37.5",
-                "0.5",
-                "33.333",
-                "1e1",
-                "50abc",
-                "0x10",
-                "30 40",
-                "100.04",
-                "nan",
-                "inf",
-                "0.01",
-                "99.96",
-                "",
-            )
-        ),
+        (ui(*(f"set_default_active_thread_percentage {p}" for p in PERCENTAGES)),),
     ),
     Script(
         "pinned values read as NVIDIA's daemon reads them",
-        tuple(
+        (
             ui(
-                f"set_default_device_pinned_mem_limit 0 {v}",
-                "get_default_device_pinned_mem_limit 0",
-            )
-            for v in (
-                "10GiB",
-                "10",
-                "1.5G",
-                "4096MB",
-                "4g",
-                "4m",
-                "1G2",
-                "0M",
-                "abc",
-                "-5M",
-                "2K",
-                "+3G",
-                "1048576M",
-                "99999999999G",
-            )
+                *(
+                    line
+                    for value in PINNED_VALUES
+                    for line in (
+                        f"set_default_device_pinned_mem_limit 0 {value}",
+                        "get_default_device_pinned_mem_limit 0",
+                    )
+                )
+            ),
         ),
     ),
     Script(

@@ -56,6 +56,7 @@ class Script:
     daemon_env: tuple[tuple[str, str], ...] = ()
     pipe_dir: bool = True
     log_dir: bool = True
+    pipe_name: str = "p"
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def run_script(program: list[str], script: Script, root: str) -> Transcript:
     base = Path(root)
     for child in base.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
-    pipe, logs = base / "p", base / "l"
+    pipe, logs = base / script.pipe_name, base / "l"
     if script.pipe_dir:
         pipe.mkdir(mode=0o700)
     if script.log_dir:

@@ -997,19 +997,23 @@ def _serve(started: _Started, pipe_dir: str) -> int:
     return status
 
 
+_READY = b"\0ready"
+
+
 def _daemonize(pipe_dir: str, log_dir: str) -> int:
-    """Fork the daemon; return once it listens (0) or says why it cannot (1), like ``-d``."""
+    """Fork the daemon; return once it listens (0) or cannot (1, and why if it says), as ``-d``."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child > 0:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as report:
-            message = report.read().decode(errors="replace")
+            said = report.read()
         os.waitpid(child, 0)
-        if message:
-            print(message, flush=True)
-            return 1
-        return 0
+        if said == _READY:
+            return 0
+        if said:
+            print(said.decode(errors="replace"), flush=True)
+        return 1
     os.close(read_end)
     os.setsid()
     if os.fork() > 0:
@@ -1019,15 +1023,15 @@ def _daemonize(pipe_dir: str, log_dir: str) -> int:
         started = _start(pipe_dir, log_dir, foreground=False)
         if isinstance(started, str):
             os.write(write_end, started.encode())
-            os.close(write_end)
             os._exit(1)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+        os.write(write_end, _READY)
         os.close(write_end)  # the caller returns now: the daemon listens
         code = _serve(started, pipe_dir)
     finally:
-        os._exit(code)
+        os._exit(code)  # also when _start failed without a word (NVIDIA's -d: exit 1, silent)
 
 
 def _foreground(pipe_dir: str, log_dir: str) -> int:
