@@ -44,8 +44,17 @@ What is emulated rather than observed (a GPU is needed to observe it; say so whe
   server does on a machine without a GPU.
 - CUDA clients are emulated by :func:`register_client` / :func:`unregister_client`, private
   messages on the same socket that no NVIDIA command can produce. A client gets the lower of
-  its own and its server's active thread percentage (NVIDIA: the client value "cannot be
-  higher"), and per device the lower of its own and its server's pinned memory limit.
+  its own and its server's active thread percentage: NVIDIA, "This environment variable will
+  only further constraint the limit set by the control daemon ... If the control daemon has a
+  lower setting, the control daemon setting will be obeyed by the client instead"
+  (https://docs.nvidia.com/deploy/topics/topic_5_2_5.html). Per device it gets the lower of
+  its own ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` and its server's pinned limit
+  (``set_default_device_pinned_mem_limit``/``set_device_pinned_mem_limit``), the same rule:
+  NVIDIA's variable is per client and its commands set a limit "on all MPS clients"
+  (https://docs.nvidia.com/deploy/mps/latest/appendix-environment-variables.html,
+  https://docs.nvidia.com/deploy/mps/latest/mpsv2-interface.html); a client below its
+  server's limit gets its own (as third parties measured), but whether a client may go
+  *above* its server's pinned limit is not stated in the pages found: a check on a GPU is owed.
 - Replies that only exist with a server (``ps`` rows, ``get_device_client_list`` rows, the
   reply to ``set_active_thread_percentage``) follow the patterns seen without one; they are
   unverified until run on a GPU.
