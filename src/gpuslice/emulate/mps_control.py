@@ -839,36 +839,39 @@ def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
     conn.sendall(json.dumps(reply).encode())
 
 
-def _serve_ui(daemon: _Daemon, conn: socket.socket, uid: int) -> None:
-    daemon.log.write("NEW UI")
-    try:
-        while daemon.running:
-            data = conn.recv(_PACKET_MAX)
-            if not data.startswith(_LINE):
-                break
-            line = data[len(_LINE) :].decode(errors="replace")
-            verb = next(iter(_scan(line, "%s")), "")
-            if verb == "quit":
-                daemon.log.write(f"Cmd:{line}")
-                status = daemon.quit(line.lstrip(" \t\n\r\f\v")[len(verb) :])
-                _send(conn, {"exit": status})
-                return
-            outs = daemon.handle(line, uid)
-            _send(conn, {"out": [o.text for o in outs if o.ui]})
-    finally:
-        if daemon.running:
-            daemon.log.write("UI closed")
+@dataclass
+class _Peer:
+    """One connection: its kind once it said hello, and who is on the other end."""
+
+    uid: int
+    kind: bytes | None = None
 
 
-def _serve_client(daemon: _Daemon, conn: socket.socket, uid: int) -> None:
-    data = conn.recv(_PACKET_MAX)
+def _ui_line(daemon: _Daemon, conn: socket.socket, peer: _Peer, data: bytes) -> bool:
+    """Answer one front-end line; False when the connection is done."""
+    if not data.startswith(_LINE):
+        daemon.log.write("UI closed")
+        return False
+    line = data[len(_LINE) :].decode(errors="replace")
+    verb = next(iter(_scan(line, "%s")), "")
+    if verb == "quit":
+        daemon.log.write(f"Cmd:{line}")
+        status = daemon.quit(line.lstrip(" \t\n\r\f\v")[len(verb) :])
+        _send(conn, {"exit": status})
+        return False
+    outs = daemon.handle(line, peer.uid)
+    _send(conn, {"out": [o.text for o in outs if o.ui]})
+    return True
+
+
+def _client_request_served(daemon: _Daemon, conn: socket.socket, peer: _Peer, data: bytes) -> None:
     words = data.decode(errors="replace").split()
     if not words or words[0] not in (_REGISTER, _UNREGISTER):
         _send(conn, {"ok": False, "out": "unknown client request"})
         return
     try:
         if words[0] == _REGISTER:
-            ok, out = daemon.register(words[1:], uid)
+            ok, out = daemon.register(words[1:], peer.uid)
         else:
             ok, out = daemon.unregister(words[1:])
     except ValueError as err:
@@ -876,22 +879,22 @@ def _serve_client(daemon: _Daemon, conn: socket.socket, uid: int) -> None:
     _send(conn, {"ok": ok, "out": out})
 
 
-def _serve_connection(daemon: _Daemon, conn: socket.socket) -> None:
-    conn.settimeout(_REQUEST_TIMEOUT_S)
-    daemon.log.write("Accepting connection...")
-    try:
-        hello = conn.recv(_PACKET_MAX)
-    except OSError:
-        hello = b""
-    uid = _peer_uid(conn)
-    if hello == _UI_HELLO:
-        _serve_ui(daemon, conn, uid)
-    elif hello == _CLIENT_HELLO:
-        _serve_client(daemon, conn, uid)
-    elif not hello:
-        daemon.log.write("Unable to accept connection")
-    else:
-        daemon.log.write("Unknown type of connection")
+def _on_packet(daemon: _Daemon, conn: socket.socket, peer: _Peer) -> bool:
+    """Handle what one connection sent; False when it is to be closed."""
+    data = conn.recv(_PACKET_MAX)
+    if peer.kind is None:
+        if data in (_UI_HELLO, _CLIENT_HELLO):
+            peer.kind = data
+            if data == _UI_HELLO:
+                daemon.log.write("NEW UI")
+            return True
+        daemon.log.write("Unknown type of connection" if data else "Unable to accept connection")
+        return False
+    if peer.kind == _UI_HELLO:
+        return _ui_line(daemon, conn, peer, data)
+    if data:
+        _client_request_served(daemon, conn, peer, data)
+    return False
 
 
 def _listen(path: str) -> socket.socket:
@@ -974,9 +977,11 @@ def _serve(started: _Started, pipe_dir: str) -> int:
     signal.signal(signal.SIGTERM, on_term)
     selector = selectors.DefaultSelector()
     for listener in started.listeners:
-        selector.register(listener, selectors.EVENT_READ)
+        selector.register(listener, selectors.EVENT_READ, None)
     status = 0
     try:
+        # One connection at a time is served a packet at a time, so a slow front end (a user
+        # typing) never holds up the others.
         while daemon.running:
             events = selector.select(timeout=0.2)
             if not events:
@@ -985,12 +990,19 @@ def _serve(started: _Started, pipe_dir: str) -> int:
             for key, _ in events:
                 ready = key.fileobj
                 assert isinstance(ready, socket.socket)
-                try:
-                    conn, _addr = ready.accept()
-                except OSError:
+                if key.data is None:
+                    with contextlib.suppress(OSError):
+                        conn, _addr = ready.accept()
+                        daemon.log.write("Accepting connection...")
+                        conn.settimeout(_REQUEST_TIMEOUT_S)
+                        selector.register(conn, selectors.EVENT_READ, _Peer(_peer_uid(conn)))
                     continue
-                with conn, contextlib.suppress(OSError):
-                    _serve_connection(daemon, conn)
+                keep = False
+                with contextlib.suppress(OSError):
+                    keep = _on_packet(daemon, ready, key.data)
+                if not keep:
+                    selector.unregister(ready)
+                    ready.close()
                 if not daemon.running:
                     break
         # Ended by SIGTERM rather than quit: take the servers down the same way.
@@ -1058,17 +1070,14 @@ def _interactive(pipe_dir: str) -> int:
     except OSError:
         print(NO_DAEMON_MESSAGE, file=sys.stderr)
         return 1
-    text = sys.stdin.read()
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
     with sock:
         try:
             sock.sendall(_UI_HELLO)
         except OSError:
             print(NO_DAEMON_MESSAGE, file=sys.stderr)
             return 1
-        for line in lines:
+        for raw in sys.stdin:
+            line = raw[:-1] if raw.endswith("\n") else raw
             try:
                 sock.sendall(_LINE + line.encode())
                 reply = _reply(sock)

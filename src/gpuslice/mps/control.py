@@ -80,6 +80,10 @@ class DaemonUnreachable(MpsError):
         return text + "; start one with `gpuslice mps ensure`"
 
 
+class ControlTimeout(MpsError):
+    """The control program did not finish in time: the daemon may be hung."""
+
+
 @dataclass(frozen=True)
 class ControlReply:
     """What one run of the control program returned.
@@ -199,7 +203,7 @@ def run_commands(
             check=False,
         )
     except subprocess.TimeoutExpired as err:
-        raise MpsError(
+        raise ControlTimeout(
             f"`{shlex.join(argv)}` did not finish {list(commands)} within {timeout:g}s on "
             f"{pipe_dir}; the daemon may be hung: run `gpuslice mps stop` and retry"
         ) from err
@@ -265,11 +269,17 @@ def _uid_of(pid: int) -> int | None:
     return None
 
 
-def servers(pipe_dir: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[ServerInfo, ...]:
-    """Every server of the daemon with its user and clients."""
+def servers(
+    pipe_dir: str,
+    pids: Sequence[int] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> tuple[ServerInfo, ...]:
+    """Every server of the daemon (or of ``pids``, already listed) with its user and clients."""
+    listed = get_server_list(pipe_dir, timeout=timeout) if pids is None else pids
     return tuple(
         ServerInfo(pid, _uid_of(pid), get_client_list(pipe_dir, pid, timeout=timeout))
-        for pid in get_server_list(pipe_dir, timeout=timeout)
+        for pid in listed
     )
 
 
@@ -356,16 +366,39 @@ def _pinned_mib(text: str, what: str) -> int:
     return number * 1024 if match.group(2) == "G" else number
 
 
-def get_defaults(
-    pipe_dir: str, ordinal: int = 0, *, timeout: float = DEFAULT_TIMEOUT_S
-) -> tuple[float, int | None]:
-    """The default active thread percentage and device ``ordinal``'s default pinned limit.
+@dataclass(frozen=True)
+class Snapshot:
+    """A daemon's servers and defaults, read in one run of the control program.
 
-    One run of the control program for both (the percentage is always one line; the limit
-    is a second line only when one is set), as :func:`get_default_active_thread_percentage`
-    and :func:`get_default_device_pinned_mem_limit` would answer.
+    Attributes:
+        server_pids: its MPS servers (``get_server_list``).
+        active_thread_percentage: its default (``get_default_active_thread_percentage``).
+        pinned_mib: the default pinned limit of the device asked about, in MiB as the daemon
+            shows it, None when unset (``get_default_device_pinned_mem_limit``).
+    """
+
+    server_pids: tuple[int, ...]
+    active_thread_percentage: float
+    pinned_mib: int | None
+
+
+_PID_LINE = re.compile(r"^\d+$")
+_PERCENTAGE_LINE = re.compile(r"^\d+\.\d$")
+
+
+def snapshot(pipe_dir: str, ordinal: int = 0, *, timeout: float = DEFAULT_TIMEOUT_S) -> Snapshot:
+    """The daemon's servers and defaults for device ``ordinal``, in one run of the program.
+
+    The replies cannot be confused: server PIDs are bare integers, the percentage always has
+    one decimal (``%.1f``), and a pinned limit ends in ``G`` or ``M`` (and is a line only when
+    set). One run instead of three matters where every worker's ``worker_init`` asks.
+
+    Raises:
+        DaemonUnreachable: no daemon answers.
+        MpsError: the daemon refused, or answered something else.
     """
     lines = [
+        "get_server_list",
         "get_default_active_thread_percentage",
         f"get_default_device_pinned_mem_limit {_ordinal(ordinal)}",
     ]
@@ -377,13 +410,12 @@ def get_defaults(
             f"the MPS control daemon of {pipe_dir} refused {lines}: {reply.refusal or reply.output}"
         )
     shown = reply.stdout.split()
-    if not 1 <= len(shown) <= 2:
+    pids = tuple(int(word) for word in shown if _PID_LINE.match(word))
+    rest = [word for word in shown if not _PID_LINE.match(word)]
+    if not rest or not _PERCENTAGE_LINE.match(rest[0]) or len(rest) > 2:
         raise MpsError(f"unexpected reply to {lines}: {reply.stdout!r}")
-    try:
-        percentage = float(shown[0])
-    except ValueError:
-        raise MpsError(f"unexpected reply to {lines[0]}: {shown[0]!r}") from None
-    return percentage, _pinned_mib(shown[1], lines[1]) if len(shown) == 2 else None
+    pinned = _pinned_mib(rest[1], lines[2]) if len(rest) == 2 else None
+    return Snapshot(pids, float(rest[0]), pinned)
 
 
 def set_default_device_pinned_mem_limit(

@@ -367,22 +367,29 @@ def _served_ordinals(device: str | None) -> tuple[int, ...]:
     return (0,)
 
 
-def capping_defaults(pipe_dir: str, device: str | None = None) -> list[str]:
+def capping_defaults(
+    pipe_dir: str, device: str | None = None, seen: control.Snapshot | None = None
+) -> list[str]:
     """What about a running daemon would cap every client below its own limits.
 
     A default active thread percentage below 100 (a client "cannot be higher"), a default
     pinned memory limit on a device it serves, and ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` in its
     environment (its servers inherit it; NVIDIA's 535 daemon does not show it as a default).
 
+    Args:
+        pipe_dir: the daemon's pipe directory.
+        device: what it serves (its ``CUDA_VISIBLE_DEVICES``).
+        seen: its snapshot for device ordinal 0, when already read.
+
     Raises:
         MpsError: the daemon does not answer.
     """
-    reasons: list[str] = []
     first, *others = _served_ordinals(device)
-    percentage, mib = control.get_defaults(pipe_dir, first)
-    if percentage < 100:
-        reasons.append(f"default active thread percentage {percentage:g}%")
-    limits = [(first, mib)]
+    seen = seen if seen is not None else control.snapshot(pipe_dir, first)
+    reasons: list[str] = []
+    if seen.active_thread_percentage < 100:
+        reasons.append(f"default active thread percentage {seen.active_thread_percentage:g}%")
+    limits = [(first, seen.pinned_mib)]
     limits += [(o, control.get_default_device_pinned_mem_limit(pipe_dir, o)) for o in others]
     for ordinal, mib in limits:
         if mib is not None:
@@ -479,17 +486,33 @@ def ensure(
         _check_holder(holder)
     prepare_directories(pipe_dir, log_dir)
     with _locked(pipe_dir, timeout):
-        if not control.ping(pipe_dir):
+        seen = _snapshot(pipe_dir, _served_ordinals(device)[0])
+        if seen is None:
             result = _start_locked(pipe_dir, log_dir, device, timeout)
         else:
-            caps = capping_defaults(pipe_dir, device)
-            result = status(pipe_dir, log_dir)
+            caps = capping_defaults(pipe_dir, device, seen)
+            result = DaemonStatus(
+                pipe_dir=pipe_dir,
+                log_dir=log_dir,
+                running=True,
+                pid=daemon_pid(pipe_dir),
+                servers=control.servers(pipe_dir, seen.server_pids),
+            )
             if caps:
                 result = _replace_capping(result, caps, device, timeout)
         if holder is not None:
             _add_lease(pipe_dir, holder, os.getpid() if holder_pid is None else holder_pid)
             note(log_dir, f"lease {holder!r} taken on daemon {result.pid}")
         return dataclasses.replace(result, leases=leases(pipe_dir))
+
+
+def _snapshot(pipe_dir: str, ordinal: int) -> control.Snapshot | None:
+    """The daemon's snapshot, None when no daemon answers (as :func:`control.ping` says no)."""
+    control.control_program()  # a missing program is an error to report, not a "no"
+    try:
+        return control.snapshot(pipe_dir, ordinal, timeout=5.0)
+    except (control.DaemonUnreachable, control.ControlTimeout):
+        return None  # a hung daemon is handled like a dead one: its PID record decides
 
 
 def _replace_capping(
@@ -624,7 +647,7 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
         log_dir=log_dir,
         running=True,
         pid=pid,
-        servers=control.servers(pipe_dir),
+        servers=(),  # a daemon starts its first server for its first client
         started=True,
         restarted=dead is not None,
         dead_pid=dead,
@@ -633,7 +656,12 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
 
 def status(pipe_dir: str, log_dir: str | None = None) -> DaemonStatus:
     """The daemon of ``pipe_dir``: whether it answers, its PID, servers, clients and leases."""
-    if not control.ping(pipe_dir):
+    control.control_program()  # a missing program is an error to report, not "not running"
+    try:
+        pids: tuple[int, ...] | None = control.get_server_list(pipe_dir, timeout=5.0)
+    except MpsError:
+        pids = None
+    if pids is None:
         return DaemonStatus(
             pipe_dir=pipe_dir,
             log_dir=log_dir,
@@ -646,7 +674,7 @@ def status(pipe_dir: str, log_dir: str | None = None) -> DaemonStatus:
         log_dir=log_dir,
         running=True,
         pid=daemon_pid(pipe_dir),
-        servers=control.servers(pipe_dir),
+        servers=control.servers(pipe_dir, pids),
         leases=leases(pipe_dir),
     )
 
