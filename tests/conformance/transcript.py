@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -203,6 +204,8 @@ def run_script(program: list[str], script: Script, root: str) -> Transcript:
             deadline = time.monotonic() + 10
             while pid in _daemons(str(pipe)) and time.monotonic() < deadline:
                 time.sleep(0.02)
+        for pid in _daemons(str(pipe)):  # one that would not quit must not outlive the test
+            os.kill(pid, signal.SIGKILL)
     transcript.pipe_after = _listing(pipe)
     transcript.log_ordered, transcript.log_async = _normalised_log(logs / "control.log")
     return transcript
