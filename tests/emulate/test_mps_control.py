@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -298,6 +299,23 @@ def test_clients_beyond_48_per_device_are_refused(dirs: Dirs) -> None:
         for client in clients:
             client.kill()
             client.wait()
+
+
+def test_a_client_of_a_daemon_that_never_answers_fails_rather_than_runs_unlimited(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A busy daemon (starting a server on a loaded machine) once made a client give up after
+    # 5 s and report "no daemon": the client then ran outside MPS, with no limit at all.
+    pid = start(dirs)
+    monkeypatch.setattr(mps_control, "_CLIENT_TIMEOUT_S", 1.0)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(MpsError, match="gave no answer"):
+            mps_control.register_client(
+                dirs.pipe, os.getpid(), active_thread_percentage=50, pinned_mem_limit="0=1G"
+            )
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def test_register_without_a_daemon_returns_none(dirs: Dirs) -> None:

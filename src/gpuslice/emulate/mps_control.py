@@ -121,6 +121,8 @@ _UNREGISTER = "unregister"
 _SUN_PATH_MAX = 107
 _PACKET_MAX = 1 << 16
 _REQUEST_TIMEOUT_S = 5.0
+# A client waits this long for its server, as CUDA context creation waits for a starting one.
+_CLIENT_TIMEOUT_S = 120.0
 _GIB = 1 << 30
 _MIB = 1 << 20
 _U64 = (1 << 64) - 1
@@ -269,12 +271,30 @@ def _reply(sock: socket.socket) -> dict[str, Any]:
     return reply
 
 
-def _client_request(pipe_dir: str, line: str) -> tuple[bool, str]:
-    """One private client message; (accepted, text). OSError when no daemon answers."""
-    with _connect(pipe_dir) as sock:
-        sock.sendall(_CLIENT_HELLO)
-        sock.sendall(line.encode())
-        reply = _reply(sock)
+def _client_request(pipe_dir: str, line: str) -> tuple[bool, str] | None:
+    """One private client message: (accepted, text), or None when no daemon listens.
+
+    Once connected the client waits for its answer (the daemon may be starting its server,
+    on a loaded machine for seconds); a daemon that then fails to answer is an error, never
+    "no daemon", which would let the client run without limits.
+
+    Raises:
+        MpsError: the daemon accepted the connection but gave no answer.
+    """
+    try:
+        sock = _connect(pipe_dir, timeout=_CLIENT_TIMEOUT_S)
+    except OSError:
+        return None
+    with sock:
+        try:
+            sock.sendall(_CLIENT_HELLO)
+            sock.sendall(line.encode())
+            reply = _reply(sock)
+        except OSError as err:
+            raise MpsError(
+                f"the MPS control daemon of {pipe_dir} took the client's connection but gave no "
+                f"answer within {_CLIENT_TIMEOUT_S:g}s ({err}); CUDA context creation fails"
+            ) from err
     return bool(reply.get("ok")), str(reply.get("out", ""))
 
 
@@ -324,16 +344,17 @@ def register_client(
     Raises:
         MpsError: the daemon refused the client (the device already has
             :data:`MAX_CLIENTS_PER_DEVICE` clients, another user's server is busy, or its
-            server cannot start), as CUDA context creation would fail.
+            server cannot start), or took the connection and never answered, as CUDA context
+            creation would fail.
     """
     percentage = "-" if active_thread_percentage is None else str(active_thread_percentage)
     pinned = "-" if pinned_mem_limit is None else pinned_mem_limit
     if not pinned or any(ch.isspace() for ch in pinned):
         raise MpsError(f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT {pinned_mem_limit!r} is malformed")
-    try:
-        accepted, out = _client_request(pipe_dir, f"{_REGISTER} {pid} {percentage} {pinned}")
-    except OSError:
+    answer = _client_request(pipe_dir, f"{_REGISTER} {pid} {percentage} {pinned}")
+    if answer is None:
         return None
+    accepted, out = answer
     if not accepted:
         raise MpsError(f"MPS client {pid} refused by the daemon of {pipe_dir}: {out}")
     fields = dict(item.split("=", 1) for item in out.split())
@@ -347,7 +368,7 @@ def register_client(
 
 def unregister_client(pipe_dir: str, pid: int) -> None:
     """Disconnect an emulated client (its process exits); nothing happens if no daemon answers."""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(MpsError):
         _client_request(pipe_dir, f"{_UNREGISTER} {pid}")
 
 
