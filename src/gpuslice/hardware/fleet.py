@@ -138,9 +138,8 @@ def _entry_problems(position: int, entry: FleetEntry) -> list[Problem]:
 def _too_many(count: int, what: str) -> Problem:
     return Problem(
         "gpus",
-        f"{count} {what}, more than the {limits.MAX_FLEET_GPUS} GPUs a fleet file may describe "
-        "(a fleet file describes one node)",
-        "describe one node's GPUs; use one fleet file per node",
+        f"{count} {what}, more than the {limits.MAX_FLEET_GPUS} GPUs a fleet file may describe",
+        "describe the GPUs of the node(s) the plan runs on; one fleet file per node is usual",
     )
 
 

@@ -215,8 +215,23 @@ def _text_problems(where: str, value: str, limit: int) -> list[Problem]:
     return []
 
 
+def _directory_problems(device: str, pipe: str, log: str, roots: dict[str, list[str]]) -> list[str]:
+    """Why a slice's MPS directories are not ``<root>/<device>/pipe|log`` under a good root.
+
+    ``roots`` caches :func:`~gpuslice.mps.paths.root_problems` per root (a layout has one).
+    """
+    from gpuslice.mps.paths import root_problems
+
+    tail = f"/{device}/pipe"
+    root = pipe[: -len(tail)] if pipe.endswith(tail) else ""
+    if not root or log != f"{root}/{device}/log":
+        return ["the MPS directories must be <root>/<device>/pipe and <root>/<device>/log"]
+    if root not in roots:
+        roots[root] = [f"the MPS root {reason}" for reason in root_problems(root)]
+    return roots[root]
+
+
 def _slice_problems(where: str, pool: PoolLayout, rank: int, s: Slice) -> list[Problem]:
-    from gpuslice.mps.paths import log_dir, pipe_dir, root_problems
     from gpuslice.plan import limits
     from gpuslice.sizes import MAX_MIB
 
@@ -261,17 +276,6 @@ def _slice_problems(where: str, pool: PoolLayout, rank: int, s: Slice) -> list[P
         bad("mps_pipe_dir", "an MPS slice needs its daemon's pipe directory")
     if (s.mps_pipe_dir is None) != (s.mps_log_dir is None):
         bad("mps_log_dir", "pipe and log directories come together")
-    if s.mps_pipe_dir is not None and s.mps_log_dir is not None:
-        root = str(PurePath(s.mps_pipe_dir).parent.parent)
-        if s.mps_pipe_dir != pipe_dir(root, s.device) or s.mps_log_dir != log_dir(root, s.device):
-            bad(
-                "mps_pipe_dir",
-                "the MPS directories must be <root>/<device>/pipe and <root>/<device>/log",
-                "load the JSON `gpuslice plan show --json` printed, unedited",
-            )
-        else:
-            for reason in root_problems(root):
-                bad("mps_pipe_dir", f"the MPS root {reason}")
     return found
 
 
@@ -296,6 +300,8 @@ def layout_problems(layout: Layout) -> list[Problem]:
         return problems
     names: set[str] = set()
     daemons: dict[str, str] = {}
+    checked: dict[tuple[str, str, str], list[str]] = {}
+    roots: dict[str, list[str]] = {}
     for index, pool in enumerate(layout.pools):
         where = f"pools.{index}"
         if not POOL_NAME.match(pool.name):
@@ -313,7 +319,19 @@ def layout_problems(layout: Layout) -> list[Problem]:
             problems.append(Problem(f"{where}.slices", "a pool needs at least one slice"))
         for rank, s in enumerate(pool.slices):
             problems += _slice_problems(f"{where}.slices.{rank}", pool, rank, s)
-            pipe = s.mps_pipe_dir
+            pipe, log = s.mps_pipe_dir, s.mps_log_dir
+            if pipe is not None and log is not None:
+                key = (s.device, pipe, log)  # once per daemon, not once per slice
+                if key not in checked:
+                    checked[key] = _directory_problems(*key, roots)
+                    problems += [
+                        Problem(
+                            f"{where}.slices.{rank}.mps_pipe_dir",
+                            reason,
+                            "load the JSON `gpuslice plan show --json` printed, unedited",
+                        )
+                        for reason in checked[key]
+                    ]
             if pipe is not None and daemons.setdefault(s.device, pipe) != pipe:
                 problems.append(
                     Problem(

@@ -26,7 +26,7 @@ MAX_SLICES_PER_GPU = 256
 #: MIG instances one pool takes on one GPU (``mig.count``): a GPU has at most 7.
 MAX_MIG_INSTANCES = 7
 #: GPUs one fleet file describes, and GPU entries in a ``gpus:`` list.
-MAX_FLEET_GPUS = 256
+MAX_FLEET_GPUS = 1024
 #: Slices of one resolved layout (all pools, all GPUs).
 MAX_SLICES = 16_384
 #: SMs of one device (the largest GPU today has 148; MIG instances fewer).

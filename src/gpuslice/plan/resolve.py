@@ -113,6 +113,7 @@ class _Resolver:
         self.problems: list[Problem] = []
         self.devices: dict[str, _DeviceUse] = {}
         self.claimed_mig: set[str] = set()
+        self._dirs: dict[str, tuple[str, str]] = {}
         self.root = Path(plan.mps_dir) if plan.mps_dir else paths.default_root()
         if not plan.mps_dir and any(_uses_mps(p) for p in plan.pools.values()):
             for reason in paths.root_problems(str(self.root)):
@@ -135,6 +136,15 @@ class _Resolver:
         if key not in self.devices:
             self.devices[key] = _DeviceUse(label, memory_mib, max_clients, exclusive=exclusive)
         return self.devices[key]
+
+    def dirs(self, device: str) -> tuple[str, str]:
+        """The pipe and log directories of ``device``'s daemon (computed once per device)."""
+        if device not in self._dirs:
+            self._dirs[device] = (
+                paths.pipe_dir(self.root, device),
+                paths.log_dir(self.root, device),
+            )
+        return self._dirs[device]
 
     def slice_count_problem(self) -> Problem | None:
         """The layout's slice count, bounded before any slice is built."""
@@ -452,8 +462,37 @@ class _Resolver:
             sm_count=sm_count,
             expected_sms=expected,
             memory_total_mib=memory_total,
-            mps_pipe_dir=paths.pipe_dir(self.root, device) if mps else None,
-            mps_log_dir=paths.log_dir(self.root, device) if mps else None,
+            mps_pipe_dir=self.dirs(device)[0] if mps else None,
+            mps_log_dir=self.dirs(device)[1] if mps else None,
+        )
+
+    def memory_problem(self, use: _DeviceUse, memory: int, reserve: int) -> Problem:
+        """Caps plus the context reserve do not fit in a device's memory."""
+        contexts = (
+            f"{format_mib(reserve)} kept for its {use.contexts} CUDA contexts "
+            f"({CUDA_CONTEXT_RESERVE_MIB} MiB each: every worker and the MPS server)"
+        )
+        if not use.memory:
+            names = list(dict.fromkeys(use.mps_pools + use.timeshared_pools))
+            return Problem(
+                "pools." + "+".join(names),
+                f"{use.label} cannot hold {use.contexts} CUDA contexts: {contexts} is more than "
+                f"its {format_mib(use.memory_mib)}",
+                "lower per_gpu; at most "
+                f"{use.memory_mib // CUDA_CONTEXT_RESERVE_MIB} contexts fit on this device",
+            )
+        fits = (use.memory_mib - reserve) // len(use.memory)
+        return Problem(
+            _pools_where(use.memory),
+            f"memory caps on {use.label} sum to {format_mib(memory)} "
+            f"({_summarise(use.memory, 'MiB')}); with {contexts} that is more than its "
+            f"{format_mib(use.memory_mib)}",
+            "lower memory or per_gpu; "
+            + (
+                f"equal caps of at most {format_mib(fits)} fit here"
+                if fits > 0
+                else "this device cannot hold that many workers"
+            ),
         )
 
     def check_devices(self) -> None:
@@ -471,24 +510,8 @@ class _Resolver:
                 )
             memory = sum(m for _, m in use.memory)
             reserve = contexts_reserve_mib(use.contexts)
-            if use.memory and memory + reserve > use.memory_mib:
-                parts = _summarise(use.memory, "MiB")
-                fits = (use.memory_mib - reserve) // max(1, len(use.memory))
-                self.problems.append(
-                    Problem(
-                        _pools_where(use.memory),
-                        f"memory caps on {use.label} sum to {format_mib(memory)} ({parts}); "
-                        f"with {format_mib(reserve)} kept for its {use.contexts} CUDA contexts "
-                        f"({CUDA_CONTEXT_RESERVE_MIB} MiB each: every worker and the MPS "
-                        f"server) that is more than its {format_mib(use.memory_mib)}",
-                        "lower memory or per_gpu; "
-                        + (
-                            f"equal caps of at most {format_mib(fits)} fit here"
-                            if fits > 0
-                            else "this device cannot hold that many workers"
-                        ),
-                    )
-                )
+            if memory + reserve > use.memory_mib:
+                self.problems.append(self.memory_problem(use, memory, reserve))
             if use.exclusive and use.clients and use.timeshared:
                 # NVIDIA: "Exclusive-mode restrictions are applied to the MPS server, not MPS
                 # clients" (https://docs.nvidia.com/deploy/mps/latest/when-to-use-mps.html):
