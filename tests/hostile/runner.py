@@ -1,0 +1,57 @@
+"""Run gpuslice CLI cases in this process and report exit codes, time and peak memory.
+
+Used by the hostile-input tests as a child process (``python -m tests.hostile.runner IN OUT``)
+so that each batch runs under an address-space limit and its peak RSS can be read with
+``resource.getrusage``: a runaway input then fails the test instead of exhausting the
+shared machine. ``IN`` is a JSON list of ``{"id", "argv", "env"}``; ``OUT`` receives, per
+case, the exit code, whether a traceback was printed, the seconds taken, the output's tail
+and the process's peak RSS (KiB) after the case.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gpuslice.cli import cli
+
+
+def run_cases(cases: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Invoke each case's argv on the ``gpuslice`` command and describe what happened."""
+    results: list[dict[str, object]] = []
+    runner = CliRunner()
+    for case in cases:
+        argv = [str(a) for a in case["argv"]]  # type: ignore[attr-defined]
+        env = {str(k): str(v) for k, v in dict(case.get("env") or {}).items()}  # type: ignore[call-overload]
+        start = time.perf_counter()
+        result = runner.invoke(cli, argv, env=env)
+        elapsed = time.perf_counter() - start
+        output = result.output
+        crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+        results.append(
+            {
+                "id": case["id"],
+                "code": result.exit_code,
+                "traceback": crashed or "Traceback" in output,
+                "exception": repr(result.exception)[:300] if crashed else "",
+                "seconds": elapsed,
+                "tail": output[-600:],
+                "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    return results
+
+
+def main() -> None:
+    """``python -m tests.hostile.runner CASES.json RESULTS.json``."""
+    cases = json.loads(Path(sys.argv[1]).read_text())
+    Path(sys.argv[2]).write_text(json.dumps(run_cases(cases)))
+
+
+if __name__ == "__main__":
+    main()
