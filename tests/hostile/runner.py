@@ -15,19 +15,20 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
 from gpuslice.cli import cli
 
 
-def run_cases(cases: list[dict[str, object]]) -> list[dict[str, object]]:
+def run_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Invoke each case's argv on the ``gpuslice`` command and describe what happened."""
-    results: list[dict[str, object]] = []
+    results: list[dict[str, Any]] = []
     runner = CliRunner()
     for case in cases:
-        argv = [str(a) for a in case["argv"]]  # type: ignore[attr-defined]
-        env = {str(k): str(v) for k, v in dict(case.get("env") or {}).items()}  # type: ignore[call-overload]
+        argv = [str(a) for a in case["argv"]]
+        env = {str(k): str(v) for k, v in (case.get("env") or {}).items()}
         start = time.perf_counter()
         result = runner.invoke(cli, argv, env=env)
         elapsed = time.perf_counter() - start
