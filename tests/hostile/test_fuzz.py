@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from gpuslice import GpusliceError, Layout, discover, load_plan, resolve
 from gpuslice.hardware.fleet import load_fleet
 from gpuslice.mps.env import pool_environment
+from gpuslice.mps.paths import root_problems
 from gpuslice.plan.schema import Plan
 
 from .conftest import FLEET_2XH100, RunBatch
@@ -57,6 +58,18 @@ def _within_bounds(call: Callable[[], object]) -> object:
         assert outcome.exit_code == 2, repr(outcome)
         assert str(outcome)  # the message renders
     return outcome
+
+
+def _accepted_everywhere(layout: object) -> None:
+    """A layout resolve accepted: JSON loads it back, and every pool's MPS environment (what
+    parsl_config exports and the workers read) builds, under an MPS root the daemons accept."""
+    if not isinstance(layout, Layout):
+        return
+    assert Layout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
+    for pool in layout.pools:
+        pool_environment(pool)
+    for daemon in layout.daemons:
+        assert not root_problems(daemon.pipe_dir.rsplit("/", 2)[0])
 
 
 def _file(content: bytes) -> Path:
@@ -104,7 +117,7 @@ def test_compact_soup_resolves_or_is_refused(text: str) -> None:
     plan = _within_bounds(lambda: load_plan(text))
     if isinstance(plan, Plan):
         for inventory in _FLEETS:
-            _within_bounds(lambda inv=inventory: resolve(plan, inv))  # type: ignore[misc]
+            _accepted_everywhere(_within_bounds(lambda inv=inventory: resolve(plan, inv)))  # type: ignore[misc]
 
 
 # -- random YAML documents over the plan's and fleet's own vocabulary --------------------------
@@ -271,7 +284,7 @@ def test_random_plan_documents_resolve_or_are_refused(document: dict[str, Any]) 
     plan = _within_bounds(lambda: load_plan(text))
     if isinstance(plan, Plan):
         for inventory in _FLEETS:
-            _within_bounds(lambda inv=inventory: resolve(plan, inv))  # type: ignore[misc]
+            _accepted_everywhere(_within_bounds(lambda inv=inventory: resolve(plan, inv)))  # type: ignore[misc]
 
 
 @FUZZ
