@@ -20,7 +20,7 @@ from .conftest import FLEET_2XH100, RunBatch
 
 Write = Callable[[str, bytes | str], str]
 
-#: Peak RSS a batch of refused inputs may reach: the CLI alone takes about 60 MiB here.
+#: Peak RSS a batch of refused inputs may reach: the CLI alone takes about 40 MiB here.
 REFUSED_PEAK_KIB = 200 * 1024
 #: Seconds one refused input may take on this shared 2-core machine (most take 0.01-0.2 s).
 REFUSED_SECONDS = 10.0
