@@ -38,7 +38,9 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-_DIR = Path(tempfile.mkdtemp(prefix="gs-fuzz-"))
+# Removed when the test process exits (TemporaryDirectory's finalizer).
+_TMP = tempfile.TemporaryDirectory(prefix="gs-fuzz-")
+_DIR = Path(_TMP.name)
 _FLEETS = [
     discover(FLEET_2XH100),
     discover(Path(FLEET_2XH100).with_name("fleet-mixed.yaml")),
