@@ -385,7 +385,9 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
     # Current data-centre models without a MIG profile table here. SM counts: CUDA cores
     # divided by 128 per SM (Ampere GA10x, Ada, Hopper), as NVIDIA's product pages give the
     # core counts; memory: [MODAL] / [SMI]; each other value is marked UNCONFIRMED.
-    _plain_model("A40", ("NVIDIA A40",), "Ampere", 84, 46068),  # 10,752 cores; [SMI] A40
+    # A40: 10,752 cores; spec pages list "SM Count 84" (https://www.elprocus.com/nvidia-a40-gpu:
+    # "GPCs - 7, SMs - 84, and TPCs - 42"); memory [SMI] (46068 MiB ECC on, 49140 MiB ECC off).
+    _plain_model("A40", ("NVIDIA A40",), "Ampere", 84, 46068),
     _plain_model("A10", ("NVIDIA A10",), "Ampere", 72, 23028),  # 9,216 cores UNCONFIRMED; [MODAL]
     _plain_model("L40", ("NVIDIA L40",), "Ada", 142, 46068),  # UNCONFIRMED: as L40S (18,176 cores)
     _plain_model(
