@@ -231,3 +231,17 @@ def test_mig_pools_with_a_count_claim_first_whatever_the_order(fleet: Fleet) -> 
     assert layout.pool_names == ("rest", "two")
     assert len(layout.pool("two").slices) == 2
     assert len(layout.pool("rest").slices) == 5
+
+
+def test_the_slice_bound_counts_mig_instances_that_exist(fleet: Fleet) -> None:
+    plan = (
+        "version: 1\npools:\n  a: {mig: {profile: 1g.5gb, per_instance: 3, mps: {compute: 30}}}\n"
+    )
+    # 1,024 GPUs x 7 instances x 3 clients = 21,504 slices: over the 16,384 bound.
+    many = fleet({"model": "A100-40GB", "count": 1024, "mig": ["1g.5gb"] * 7})
+    assert any("more than 16384 slices" in p for p in problems(plan, many))
+    # The same plan on GPUs without MIG instances makes no slices: no bound, the real reason.
+    plain = fleet({"model": "A100-40GB", "count": 1024})
+    found = problems(plan, plain)
+    assert not any("16384" in p for p in found)
+    assert any("no GPU here is in MIG mode" in p for p in found)

@@ -147,15 +147,19 @@ class _Resolver:
         return self._dirs[device]
 
     def slice_count_problem(self) -> Problem | None:
-        """The layout's slice count, bounded before any slice is built."""
+        """The layout's slice count, bounded before any slice is built (an upper bound)."""
         total = 0
         for name, pool in self.plan.pools.items():
-            gpus = self.allowed if pool.gpus in (None, "all") else pool.gpus
-            if pool.mig is not None:
-                per_gpu = (pool.mig.count or limits.MAX_MIG_INSTANCES) * pool.mig.per_instance
+            if pool.gpus is None or pool.gpus == "all":
+                gpus = self.allowed
             else:
-                per_gpu = pool.workers_per_gpu
-            total += per_gpu * len(gpus)
+                gpus = [g for g in map(self.inventory.find, pool.gpus) if g is not None]
+            if pool.mig is not None:
+                wanted = pool.mig.count or limits.MAX_MIG_INSTANCES
+                instances = sum(min(wanted, len(g.mig_devices)) for g in gpus)
+                total += instances * pool.mig.per_instance
+            else:
+                total += pool.workers_per_gpu * len(gpus)
             if total > limits.MAX_SLICES:
                 return Problem(
                     f"pools.{name}",
