@@ -221,6 +221,12 @@ CASES = [
         says=("nested more than 32 deep",),
     ),
     Case(
+        "key-with-brackets",
+        ("plan", "check", "{file}", "--fleet", "{F}"),
+        'version: 1\npools:\n  a: {share: {}}\n"0[": 1\n',
+        says=("0[ (line 4, column 1): unknown key '0['",),
+    ),
+    Case(
         "duplicate-key",
         ("plan", "check", "{file}", "--fleet", "{F}"),
         "version: 1\nversion: 1\npools:\n  a: {share: {}}\n",

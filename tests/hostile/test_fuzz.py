@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, Phase, find, given, settings
+from hypothesis import HealthCheck, Phase, example, find, given, settings
 from hypothesis import strategies as st
 
 from gpuslice import GpusliceError, Layout, discover, load_plan, resolve
@@ -100,6 +100,7 @@ YAML_SOUP = "[]{}:,-&*!?|>#'\" \n\tabcdeg019.%/=@+x"
 
 @FUZZ
 @given(st.text(alphabet=YAML_SOUP, max_size=400))
+@example("0[:")  # a key with a bracket once lost its location (IndexError)
 def test_yaml_token_soup_as_plan_text(text: str) -> None:
     _within_bounds(lambda: load_plan(text))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,14 @@ def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
     return None
 
 
+#: pydantic's own names in error locations: validators and union members
+#: (``function-before[...]``, ``list[...]``, ``literal['all']``, ``[key]``).
+_INTERNAL = re.compile(r"^([a-z][a-z0-9_-]*)?\[.*\]$")
+
+
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
-    # pydantic adds validator and union-member names (``function-before[...]``, ``list[...]``,
-    # ``literal['all']``) to locations; users only need the keys they wrote.
-    return tuple(str(part) for part in loc if not any(c in str(part) for c in "[]( "))
+    # Users only need the keys they wrote; a key of theirs such as "0[" stays.
+    return tuple(str(part) for part in loc if not _INTERNAL.match(str(part)))
 
 
 def _where(path: tuple[str, ...], marks: Marks) -> str:
@@ -76,7 +81,7 @@ def problems_from_validation(
     problems: list[Problem] = []
     seen: set[tuple[tuple[str, ...], str]] = set()
     for item in err.errors():
-        path = _clean_loc(item["loc"])
+        path = _clean_loc(item["loc"]) or tuple(str(p) for p in item["loc"][-1:])
         kind = item["type"]
         value = item.get("input")
         if plan and "gpus" in path:
