@@ -1,10 +1,9 @@
 """Nothing user-supplied reaches shell text unchecked, whatever object it came through.
 
-Layouts from ``resolve`` and from JSON are checked (tests/plan/test_layout_json.py). A
-``Layout`` built by hand in Python is not yet: ``parsl_config`` takes it as it is and
-``pool_worker_init`` writes the pool name into a ``#`` comment unquoted. Both holes are in
-``src/gpuslice/parsl/config.py``, which the lead is rewriting; the tests below are strict
-xfails until then.
+Layouts from ``resolve`` and from JSON are checked (tests/plan/test_layout_json.py), and so is a
+``Layout`` built by hand in Python, when ``parsl_config`` takes it. What gpuslice writes into a
+job's shell text (the node-run command) is quoted word by word whatever it holds
+(tests/parsl/test_config.py checks a hostile layout's command word by word).
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from parsl.providers import LocalProvider
 
 from gpuslice import PlanError, discover, resolve
-from gpuslice.parsl.config import parsl_config, pool_worker_init
+from gpuslice.parsl.config import parsl_config
 from gpuslice.plan.layout import Layout, layout_problems
 
 from .conftest import FLEET_2XH100
@@ -36,23 +36,30 @@ def test_layout_problems_names_the_bad_pool_of_a_hand_built_layout() -> None:
     assert [p.location for p in problems] == ["pools.0.name"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/gpuslice/parsl/config.py (lead): layout_of takes a Layout as is; it should "
-    "refuse one that gpuslice.plan.layout.layout_problems finds problems in",
-)
 def test_parsl_config_refuses_a_hand_built_layout_with_a_shell_pool_name() -> None:
     with pytest.raises(PlanError):
         parsl_config(_hand_built("a\ntouch /tmp/x;#"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/gpuslice/parsl/config.py (lead): pool_worker_init writes the pool name into "
-    "a `#` comment and an echo line unquoted",
-)
-def test_worker_init_of_a_hand_built_layout_runs_no_injected_command(tmp_path: Path) -> None:
+def test_the_job_command_of_a_hostile_layout_runs_no_injected_command(tmp_path: Path) -> None:
+    # Past every loader (a layout built by hand, unchecked): the shell still sees quoted words.
+    from gpuslice.parsl.group import NodeGroup, _Node
+    from gpuslice.parsl.node import NodeSpec
+
     marker = tmp_path / "injected"
-    text = pool_worker_init(_hand_built(f"a\ntouch {marker};#"), f"a\ntouch {marker};#")
-    subprocess.run(["bash", "-c", text], check=False, capture_output=True, timeout=30)
+    name = f"a\ntouch {marker};#"
+    pool_command = f"worker $(touch {marker}); touch {marker}"
+    spec = NodeSpec(group="g", pools={name: 1}, layout=_hand_built(name).to_dict())
+    # The job's command with `printf '%s\0'` in place of gpuslice: it prints the words it got.
+    group = NodeGroup(LocalProvider(), spec, ["printf", "%s\\0"])
+    command = group.node_command(_Node(index=0, created=0.0, commands={name: pool_command}))
+
+    done = subprocess.run(
+        ["bash", "-c", command], check=False, capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 0
     assert not marker.exists()
+    words = done.stdout.split("\0")[:-1]
+    assert words[0] == "--spec"
+    assert words[2:] == ["--pool", f"{name}={pool_command}"]
