@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from gpuslice import GpusliceError, Layout, discover, load_plan, resolve
 from gpuslice.hardware.fleet import load_fleet
-from gpuslice.mps.env import pool_environment
+from gpuslice.mps.env import slice_environment
 from gpuslice.mps.paths import root_problems
 from gpuslice.plan.schema import Plan
 
@@ -68,8 +68,8 @@ def _accepted_everywhere(layout: object) -> None:
     if not isinstance(layout, Layout):
         return
     assert Layout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
-    for pool in layout.pools:
-        pool_environment(pool)
+    for the_slice in layout.slices:
+        slice_environment(the_slice)
     for daemon in layout.daemons:
         assert not root_problems(daemon.pipe_dir.rsplit("/", 2)[0])
 
@@ -353,7 +353,8 @@ def test_edited_layout_json_is_accepted_only_when_safe(
     # of every pool can be built (the rules parsl_config and the workers apply).
     for pool in loaded.pools:
         assert _SAFE_NAME.fullmatch(pool.name)
-        pool_environment(pool)
+        for the_slice in pool.slices:
+            slice_environment(the_slice)
         for s in pool.slices:
             assert _SAFE_DEVICE.fullmatch(s.device)
             for directory in (s.mps_pipe_dir, s.mps_log_dir):
