@@ -72,6 +72,19 @@ def test_arrangements_by_name_and_the_standard_set() -> None:
         by_name("gpuslice-zero", memory)
 
 
+def test_a_new_arrangement_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuslice.bench import arrangements
+
+    def suggested(memory_mib: int) -> arrangements.Arrangement:
+        plan = {"version": 1, "pools": {POOL: {"mps": {"compute": 30}, "per_gpu": 3}}}
+        return arrangements.Arrangement("suggested", "right-sized", "d", plan)
+
+    monkeypatch.setitem(arrangements.SINGLE, "suggested", suggested)
+    assert by_name("suggested", 81920).plan["pools"][POOL]["per_gpu"] == 3
+    with pytest.raises(ValueError, match="suggested, timeshare-N"):
+        by_name("nonsense", 81920)
+
+
 def test_run_task_on_the_emulated_gpu_reports_its_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
