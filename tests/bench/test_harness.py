@@ -242,6 +242,9 @@ def test_bench_smoke_runs_every_arrangement_through_parsl(
         # Fair runs: every worker was warmed before timing, and only warmed workers ran tasks.
         assert arrangement["warmed_workers"] == arrangement["workers"], arrangement["name"]
         assert arrangement["cold_workers"] == 0, arrangement["name"]
+        # How much the host distorted the emulated timings is recorded beside them.
+        assert arrangement["host_load"] >= 0
+        assert arrangement["emulator_lag_ms"] >= 0
     by = {a["name"]: a for a in data["arrangements"]}
     # The emulation model (docs/emulation-model.md): LLM decoding runs kernels about 17% of
     # its time (duty) on about 40% of the SMs (occupancy). Four MPS slices run requests
@@ -254,7 +257,9 @@ def test_bench_smoke_runs_every_arrangement_through_parsl(
     assert by["timeshare-4"]["throughput"] > 1.5 * one
     assert by["gpuslice-4"]["throughput"] > 0.75 * by["timeshare-4"]["throughput"]
     assert Path(paths["png"]).stat().st_size > 10_000
-    assert "| gpuslice: 4 slices/GPU" in Path(paths["md"]).read_text()
+    table = Path(paths["md"]).read_text()
+    assert "| gpuslice: 4 slices/GPU" in table
+    assert "host load | emulator lag (ms) |" in table
     assert data["comparisons"]["best_gpuslice"] == "gpuslice-4"
 
 

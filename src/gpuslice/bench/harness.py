@@ -99,6 +99,10 @@ class ArrangementResult:
         warmed_workers: distinct worker processes warmed before timing (equal to ``workers``).
         cold_workers: worker processes that ran timed tasks without having been warmed (0 in a
             fair run; more when Parsl replaced a worker during the run).
+        host_load: the host's 1-minute load average when timing started (``os.getloadavg``).
+        emulator_lag_ms: on the emulated GPU, how much longer than the model the kernels took
+            on average (late wake-ups on a loaded host; ``KernelResult.lag_ms``); None on
+            a real GPU.
     """
 
     name: str
@@ -118,6 +122,8 @@ class ArrangementResult:
     errors: list[str]
     warmed_workers: int = 0
     cold_workers: int = 0
+    host_load: float | None = None
+    emulator_lag_ms: float | None = None
 
 
 def _p95(values: Sequence[float]) -> float:
@@ -348,6 +354,7 @@ def run_arrangement(
         sampler = (
             _NvmlSampler(sorted({s.gpu_uuid for s in layout.slices})) if not emulated else None
         )
+        host_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         wall_start_epoch = time.time()
         start = time.perf_counter()
         if sampler is not None:
@@ -387,6 +394,7 @@ def run_arrangement(
     per_device = Counter(r["device"] for r in results for _ in range(r["batch"]))
     per_pool = Counter(r["pool"] or "?" for r in results for _ in range(r["batch"]))
     cold = {r["worker"] for r in results} - warmed
+    lags = [r["lag_ms"] for r in results if "lag_ms" in r]
     if sampler is not None:
         busy = statistics.fmean(sampler.samples) if sampler.samples else None
         source = "nvml"
@@ -423,6 +431,8 @@ def run_arrangement(
         errors=errors[:5],
         warmed_workers=len(warmed),
         cold_workers=len(cold),
+        host_load=host_load,
+        emulator_lag_ms=statistics.fmean(lags) if lags else None,
     )
 
 

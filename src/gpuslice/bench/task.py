@@ -67,7 +67,11 @@ def run_task(
             bandwidth=cost.bandwidth,
             memory=cost.memory_mib,
         )
-        detail: dict[str, Any] = {"mode": result.mode, "share": result.share}
+        detail: dict[str, Any] = {
+            "mode": result.mode,
+            "share": result.share,
+            "lag_ms": result.lag_ms,
+        }
     else:
         output = WORKLOADS[workload].function(**{**call, "device": "cuda"})
         detail = {"seconds_in_task": output.get("seconds")}
