@@ -239,14 +239,16 @@ def _warm_all(
     emulated: bool,
     barrier_dir: Path,
     timeout_s: float,
-    retries: int = 2,
+    retries: int = 5,
 ) -> set[str]:
     """Warm every worker of the arrangement; the distinct worker processes that answered.
 
     One warm-up task per worker, all waiting at one barrier. A warm-up task that fails (a
-    worker's slice check can fail on a loaded machine, e.g. when its daemon's ping times out)
-    is sent again, up to ``retries`` times: the worker it failed in is idle again and takes
-    it, or another idle one does.
+    worker's slice check can fail on a loaded machine: its daemon's ping starts the control
+    program, which then misses its timeout when several workers start at once) is sent again,
+    up to ``retries`` times, a second more after each failure so that the workers' retries
+    do not all start together; the worker it failed in is idle again and takes it, or
+    another idle one does.
 
     Raises:
         WarmUpError: a warm-up task failed ``retries + 1`` times, or fewer distinct workers
@@ -280,6 +282,7 @@ def _warm_all(
             if error is None:
                 warmed.add(future.result()["worker"])
             elif tries < retries:
+                time.sleep(1.0 + tries)
                 pending[again()] = (again, tries + 1)
             else:
                 raise WarmUpError(
