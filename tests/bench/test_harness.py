@@ -157,6 +157,94 @@ def test_completions_wait_times_out_while_a_call_is_outstanding() -> None:
         completions.wait(timeout=0.05)
 
 
+class FakeWarmUps:
+    """Stands in for gpu_app(pool=...)(warm_up): answers from a list of outcomes, in order."""
+
+    def __init__(self, outcomes: list[str | Exception]) -> None:
+        self.outcomes = outcomes
+        self.calls = 0
+
+    def __call__(self, pool: str) -> Any:
+        def decorate(_function: Any) -> Any:
+            def submit(*_args: Any) -> Future[dict[str, str]]:
+                outcome = self.outcomes[self.calls]
+                self.calls += 1
+                future: Future[dict[str, str]] = Future()
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result({"worker": outcome, "pool": pool})
+                return future
+
+            return submit
+
+        return decorate
+
+
+def one_pool_layout(workers: int) -> Any:
+    from types import SimpleNamespace
+
+    slices = [SimpleNamespace(rank=i) for i in range(workers)]
+    return SimpleNamespace(
+        slices=slices,
+        pool_names=(POOL,),
+        pool=lambda _name: SimpleNamespace(slices=slices),
+    )
+
+
+def test_a_failed_warm_up_is_sent_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from gpuslice.bench import harness
+    from gpuslice.errors import MpsError
+    from gpuslice.parsl import app
+
+    fake = FakeWarmUps(["host:1", MpsError("daemon does not answer"), "host:2"])
+    monkeypatch.setattr(app, "gpu_app", fake)
+    warmed = harness._warm_all(
+        by_name("timeshare-2", 81920), task_list("llm", 2), one_pool_layout(2), True, tmp_path, 5
+    )
+    assert warmed == {"host:1", "host:2"}
+    assert fake.calls == 3
+
+
+def test_a_warm_up_that_keeps_failing_stops_the_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gpuslice.bench import harness
+    from gpuslice.errors import MpsError
+    from gpuslice.parsl import app
+
+    monkeypatch.setattr(app, "gpu_app", FakeWarmUps([MpsError("no daemon")] * 2))
+    with pytest.raises(WarmUpError, match=r"failed its warm-up 2 times.*no daemon"):
+        harness._warm_all(
+            by_name("one-per-gpu", 81920),
+            task_list("llm", 1),
+            one_pool_layout(1),
+            True,
+            tmp_path,
+            5,
+            retries=1,
+        )
+
+
+def test_a_warm_up_that_reached_too_few_workers_stops_the_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gpuslice.bench import harness
+    from gpuslice.parsl import app
+
+    # Two warm-ups answered by the same worker process: one worker was never warmed.
+    monkeypatch.setattr(app, "gpu_app", FakeWarmUps(["host:1", "host:1"]))
+    with pytest.raises(WarmUpError, match="reached 1 distinct worker processes, not the 2"):
+        harness._warm_all(
+            by_name("timeshare-2", 81920),
+            task_list("llm", 2),
+            one_pool_layout(2),
+            True,
+            tmp_path,
+            5,
+        )
+
+
 CHECK_IN = (
     "import sys; from gpuslice.bench.task import check_in; "
     "print(check_in(sys.argv[1], int(sys.argv[2]), 30.0), flush=True)"
