@@ -316,6 +316,8 @@ def test_bench_smoke_runs_every_arrangement_through_parsl(
     paths = json.loads(result.stdout)
     data = json.loads(Path(paths["json"]).read_text())
     assert data["emulated"] is True
+    assert data["host_cpus"] >= 1
+    assert data["host_niceness"] == os.nice(0)  # the bench ran in this process
     assert [a["name"] for a in data["arrangements"]] == [
         "one-per-gpu",
         "timeshare-4",

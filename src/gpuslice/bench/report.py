@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ def provenance(inventory: Inventory) -> dict[str, Any]:
         "gpuslice": _version("gpuslice"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        # The host shapes emulated timings (late wake-ups): say what it was.
+        "host_cpus": os.cpu_count(),
+        "host_niceness": os.nice(0) if hasattr(os, "nice") else None,
     }
 
 
