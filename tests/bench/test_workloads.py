@@ -244,6 +244,31 @@ def test_duty_counts_launch_overhead_as_host_time_and_occupancy_weights_by_run_t
     assert cost.parallelism == pytest.approx((10 + 2.5 / 4) / 15)
 
 
+def test_bandwidth_is_bytes_per_kernel_second_over_what_a_streaming_kernel_achieves() -> None:
+    launch = workloads.LAUNCH_OVERHEAD_S
+    usable = workloads.HBM_BANDWIDTH * workloads.MEMORY_EFFICIENCY  # 2.68 TB/s
+    # A streaming kernel moving 10 us worth of bytes, and a compute-bound fp32 one: 40.14 GFLOP
+    # at 0.6 x 66.9 TFLOPS takes 1 ms while its 268 MB would take 0.1 ms at the usable rate.
+    stream = workloads._Kernels(1, 0, 2 * launch * usable, workloads.H100_SM_COUNT)
+    compute = workloads._Kernels(1, 0.6 * 66.9e12 * 1e-3, 0.1e-3 * usable, 1000)
+    assert workloads._total([stream], 0).bandwidth == pytest.approx(1.0)
+    assert workloads._total([compute], 0).bandwidth == pytest.approx(0.1)
+    # Together: bytes of 0.11 ms at the usable rate over 1.01 ms of kernels.
+    assert workloads._total([stream, compute], 0).bandwidth == pytest.approx(0.11 / 1.01)
+    # A gather at 50% of peak moves 0.5 / 0.8 of what a streaming kernel does.
+    gather = workloads._Kernels(1, 0, 1e9, 1000, memory_efficiency=0.5)
+    assert workloads._total([gather], 0).bandwidth == pytest.approx(0.625)
+
+
+def test_memory_bound_workloads_stream_memory_and_the_matmul_chain_barely_does() -> None:
+    # Decode: ~1 flop per byte; Jacobi: 4 flops per 12 bytes; both far below the ridge point.
+    assert WORKLOADS["llm"].cost("medium").bandwidth == pytest.approx(1.0)
+    assert WORKLOADS["stencil"].cost("medium").bandwidth == pytest.approx(1.0)
+    # n = 4096 fp32 GEMM: 3 x 4096^2 x 4 B = 201 MB in 2 x 4096^3 / (0.6 x 66.9e12) = 3.42 ms,
+    # 0.022 of 2.68 TB/s; the norm and rescale kernels (75 us of every 3.5 ms) stream at 1.
+    assert WORKLOADS["science"].cost("large").bandwidth == pytest.approx(0.043, rel=0.05)
+
+
 def test_llm_decoding_mostly_waits_for_the_host() -> None:
     # One prompt at a time: every size's kernels run well under half of the task's time.
     for size in SIZES:

@@ -171,6 +171,14 @@ def test_kernel_alone_takes_its_work_time(monkeypatch: pytest.MonkeyPatch) -> No
     assert result.share == pytest.approx(1.0, rel=0.3)
 
 
+def test_kernel_reports_how_late_the_host_woke_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever the host's load, the model's part of the duration is exactly work_ms here.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", GPU_A)
+    result = kernel(150)
+    assert result.lag_ms >= -1e-6
+    assert result.duration_ms - result.lag_ms == pytest.approx(150, abs=0.5)
+
+
 def test_two_processes_time_sharing_a_device_each_take_twice_as_long(tmp_path: Path) -> None:
     work = 200.0
     results = run_together(

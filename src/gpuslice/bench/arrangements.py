@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,22 +110,33 @@ def standard(memory_mib: int, counts: tuple[int, ...] = (2, 3, 4, 7)) -> list[Ar
     return chosen
 
 
+#: Arrangements named without a count: name -> maker(memory_mib of the smallest GPU).
+SINGLE: dict[str, Callable[[int], Arrangement]] = {
+    "one-per-gpu": lambda _memory_mib: one_per_gpu(),
+}
+
+#: Arrangements named ``<family>-N``: family -> maker(N, memory_mib of the smallest GPU).
+COUNTED: dict[str, Callable[[int, int], Arrangement]] = {
+    "timeshare": lambda n, _memory_mib: timeshare(n),
+    "mps-unlimited": lambda n, _memory_mib: mps_unlimited(n),
+    "gpuslice": gpuslice_slices,
+    "batched": lambda n, _memory_mib: batched(n),
+}
+
+
 def by_name(name: str, memory_mib: int) -> Arrangement:
     """An arrangement from its name, e.g. ``gpuslice-4`` or ``one-per-gpu``.
+
+    Names are looked up in :data:`SINGLE`, then as ``<family>-N`` in :data:`COUNTED`; adding
+    an arrangement is adding an entry to one of them.
 
     Raises:
         ValueError: the name is not an arrangement.
     """
-    if name == "one-per-gpu":
-        return one_per_gpu()
+    if name in SINGLE:
+        return SINGLE[name](memory_mib)
     family, _, count = name.rpartition("-")
-    makers = {"timeshare": timeshare, "mps-unlimited": mps_unlimited, "batched": batched}
-    if count.isdigit() and int(count) >= 1:
-        if family in makers:
-            return makers[family](int(count))
-        if family == "gpuslice":
-            return gpuslice_slices(int(count), memory_mib)
-    raise ValueError(
-        f"unknown arrangement {name!r}; use one-per-gpu, timeshare-N, mps-unlimited-N, "
-        "gpuslice-N or batched-N"
-    )
+    if family in COUNTED and count.isdigit() and int(count) >= 1:
+        return COUNTED[family](int(count), memory_mib)
+    choices = ", ".join([*SINGLE, *(f"{family}-N" for family in COUNTED)])
+    raise ValueError(f"unknown arrangement {name!r}; use one of {choices}")

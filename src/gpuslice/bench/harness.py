@@ -1,11 +1,22 @@
 """Run one task list through real Parsl under several arrangements and measure each.
 
 For every arrangement the harness resolves its plan, loads a fresh ``parsl.Config`` made by
-:func:`gpuslice.parsl_config`, starts every worker (warm-up, untimed), submits the whole
+:func:`gpuslice.parsl_config`, starts and warms every worker (untimed), submits the whole
 task list at once (a burst, as a FaaS queue sees it), and records for each task the time
 from submission to result. GPU busy time comes from NVML samples on a real GPU, and from
 the emulated kernels' own start/end times (the union per device, what NVML's utilisation
 reports) on the emulated GPU.
+
+Two things keep the comparison fair:
+
+- The warm-up reaches every worker: one warm-up task per worker, each waiting at a barrier
+  (:func:`gpuslice.bench.task.check_in`) until all of them have checked in, so no worker can
+  take two; the harness then checks that as many distinct worker processes answered as the
+  arrangement has workers, and counts any timed task that ran on a worker the warm-up missed.
+- A call's completion is recorded in its future's done-callback, the moment Parsl completes
+  it, and the harness reads results only after every call's completion was recorded
+  (:class:`Completions`): a future's waiters wake before its callbacks run, so reading
+  ``result()`` first could miss the last completions.
 """
 
 from __future__ import annotations
@@ -19,13 +30,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpuslice.bench.arrangements import Arrangement
-from gpuslice.bench.task import run_task, warm_up
+from gpuslice.bench.task import WarmUpError, run_task, warm_up
 from gpuslice.bench.workloads import WORKLOADS
 from gpuslice.errors import UsageError
 from gpuslice.hardware.inventory import Inventory
@@ -85,6 +96,13 @@ class ArrangementResult:
         gpu_busy_pct: mean share of time a kernel was running, over the GPUs used.
         busy_source: ``nvml`` (sampled) or ``emulated kernels`` (their own timestamps).
         per_device: tasks per device UUID; per_pool: tasks per pool, as the workers saw it.
+        warmed_workers: distinct worker processes warmed before timing (equal to ``workers``).
+        cold_workers: worker processes that ran timed tasks without having been warmed (0 in a
+            fair run; more when Parsl replaced a worker during the run).
+        host_load: the host's 1-minute load average when timing started (``os.getloadavg``).
+        emulator_lag_ms: on the emulated GPU, how much longer than the model the kernels took
+            on average (late wake-ups on a loaded host; ``KernelResult.lag_ms``); None on
+            a real GPU.
     """
 
     name: str
@@ -102,6 +120,10 @@ class ArrangementResult:
     per_device: dict[str, int]
     per_pool: dict[str, int]
     errors: list[str]
+    warmed_workers: int = 0
+    cold_workers: int = 0
+    host_load: float | None = None
+    emulator_lag_ms: float | None = None
 
 
 def _p95(values: Sequence[float]) -> float:
@@ -164,6 +186,117 @@ def _batches(tasks: Sequence[TaskSpec], size: int) -> list[tuple[TaskSpec, list[
     return calls
 
 
+class Completions:
+    """When each submitted call completed, recorded the moment its future completes.
+
+    ``concurrent.futures.Future`` (and Parsl's ``AppFuture``) wakes the threads waiting in
+    ``result()`` before it runs its done-callbacks, so a harness that reads ``result()`` and
+    then looks for a time a callback records can miss it. Here the callback records the time
+    and counts down; :meth:`wait` returns only once every tracked call was recorded.
+
+    Attributes:
+        done_at: task index -> ``time.perf_counter()`` when its call completed.
+    """
+
+    def __init__(self, on_done: Callable[[int], None] | None = None) -> None:
+        self.done_at: dict[int, float] = {}
+        self._on_done = on_done
+        self._pending = 0
+        self._changed = threading.Condition()
+
+    def track(self, future: Future[Any], indices: list[int]) -> None:
+        """Record the completion of ``future``, the call that runs tasks ``indices``."""
+        with self._changed:
+            self._pending += 1
+
+        def record(_: Future[Any]) -> None:
+            now = time.perf_counter()
+            with self._changed:
+                for i in indices:
+                    self.done_at[i] = now
+                self._pending -= 1
+                self._changed.notify_all()
+            if self._on_done is not None:
+                self._on_done(len(indices))
+
+        future.add_done_callback(record)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every tracked call's completion is recorded.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._pending == 0, timeout):
+                raise TimeoutError(f"{self._pending} calls had not completed after {timeout} s")
+
+
+def _warm_all(
+    arrangement: Arrangement,
+    tasks: Sequence[TaskSpec],
+    layout: Layout,
+    emulated: bool,
+    barrier_dir: Path,
+    timeout_s: float,
+    retries: int = 5,
+) -> set[str]:
+    """Warm every worker of the arrangement; the distinct worker processes that answered.
+
+    One warm-up task per worker, all waiting at one barrier. A warm-up task that fails (a
+    worker's slice check can fail on a loaded machine: its daemon's ping starts the control
+    program, which then misses its timeout when several workers start at once) is sent again,
+    up to ``retries`` times, a second more after each failure so that the workers' retries
+    do not all start together; the worker it failed in is idle again and takes it, or
+    another idle one does.
+
+    Raises:
+        WarmUpError: a warm-up task failed ``retries + 1`` times, or fewer distinct workers
+            answered than the arrangement has.
+    """
+    from gpuslice.parsl.app import gpu_app
+
+    workers = len(layout.slices)
+    pending: dict[Future[Any], tuple[Callable[[], Future[Any]], int]] = {}
+    for pool in layout.pool_names:
+        routed = [t for t in tasks if arrangement.pool_for(t.workload) == pool] or list(tasks)
+        calls: dict[str, tuple[str, dict[str, Any]]] = {}
+        for t in routed:  # each distinct task once: on a GPU each builds its model
+            key = json.dumps([t.workload, t.params], sort_keys=True, default=str)
+            calls.setdefault(key, (t.workload, t.params))
+        warm_app = gpu_app(pool=pool)(warm_up)
+        args = (list(calls.values()), emulated, str(barrier_dir), workers, timeout_s)
+
+        def submit(app: Any = warm_app, args: tuple[Any, ...] = args) -> Future[Any]:
+            future: Future[Any] = app(*args)
+            return future
+
+        for _ in layout.pool(pool).slices:
+            pending[submit()] = (submit, 0)
+    warmed: set[str] = set()
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for future in done:
+            again, tries = pending.pop(future)
+            error = future.exception()
+            if error is None:
+                warmed.add(future.result()["worker"])
+            elif tries < retries:
+                time.sleep(1.0 + tries)
+                pending[again()] = (again, tries + 1)
+            else:
+                raise WarmUpError(
+                    f"arrangement {arrangement.name}: a worker failed its warm-up "
+                    f"{tries + 1} times ({type(error).__name__}: {error})"
+                ) from error
+    if len(warmed) != workers:
+        raise WarmUpError(
+            f"arrangement {arrangement.name}: the warm-up reached {len(warmed)} distinct worker "
+            f"processes, not the {workers} its plan starts; its timings would not be comparable"
+        )
+    return warmed
+
+
 def _stop_daemons(layout: Layout) -> None:
     from gpuslice.mps.daemon import stop
 
@@ -179,6 +312,7 @@ def run_arrangement(
     fleet: str | None = None,
     run_dir: str | None = None,
     on_done: Callable[[int], None] | None = None,
+    warm_up_timeout_s: float = 300.0,
 ) -> ArrangementResult:
     """Run ``tasks`` under one arrangement through real Parsl and measure it.
 
@@ -189,6 +323,10 @@ def run_arrangement(
         fleet: the fleet file behind an emulated inventory.
         run_dir: Parsl's run directory (a temporary one by default).
         on_done: called with the number of tasks each finished call completed (progress).
+        warm_up_timeout_s: how long the warm-up waits for every worker to start.
+
+    Raises:
+        WarmUpError: not every worker could be warmed before timing.
     """
     import parsl
 
@@ -205,40 +343,21 @@ def run_arrangement(
     parsl.clear()
     dfk = parsl.load(parsl_config(layout, run_dir=run_dir))
     try:
-        pools = layout.pool_names
-        task_apps = {p: gpu_app(pool=p)(run_task) for p in pools}
-        warm_futures = []
-        for pool in pools:
-            warm_app = gpu_app(pool=pool)(warm_up)
-            routed = [t for t in tasks if arrangement.pool_for(t.workload) == pool] or list(tasks)
-            first = routed[0]
-            slots = len(layout.pool(pool).slices)
-            warm_futures += [
-                warm_app(first.workload, first.params, emulated) for _ in range(2 * slots)
-            ]
-        for warm in warm_futures:
-            warm.result()
+        task_apps = {p: gpu_app(pool=p)(run_task) for p in layout.pool_names}
+        warmed = _warm_all(
+            arrangement, tasks, layout, emulated, Path(run_dir) / "warm-up", warm_up_timeout_s
+        )
 
         calls = _batches(tasks, arrangement.batch)
-        done_at: dict[int, float] = {}
+        completions = Completions(on_done)
+        done_at = completions.done_at
         submitted: list[float] = [0.0] * len(tasks)
         futures: list[tuple[Future[Any], list[int]]] = []
-        lock = threading.Lock()
-
-        def finished(indices: list[int]) -> Callable[[Future[Any]], None]:
-            def record(_: Future[Any]) -> None:
-                now = time.perf_counter()
-                with lock:
-                    for i in indices:
-                        done_at[i] = now
-                if on_done is not None:
-                    on_done(len(indices))
-
-            return record
 
         sampler = (
             _NvmlSampler(sorted({s.gpu_uuid for s in layout.slices})) if not emulated else None
         )
+        host_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         wall_start_epoch = time.time()
         start = time.perf_counter()
         if sampler is not None:
@@ -250,8 +369,9 @@ def run_arrangement(
                     submitted[i] = now
                 app = task_apps[arrangement.pool_for(spec.workload)]
                 submitted_future = app(spec.workload, spec.params, emulated, len(indices))
-                submitted_future.add_done_callback(finished(indices))
+                completions.track(submitted_future, indices)
                 futures.append((submitted_future, indices))
+            completions.wait()  # every completion is recorded before any result is read
             results: list[dict[str, Any]] = []
             errors: list[str] = []
             failed = 0
@@ -276,6 +396,8 @@ def run_arrangement(
     tct = [done_at[i] - submitted[i] for i in range(len(tasks)) if i in done_at]
     per_device = Counter(r["device"] for r in results for _ in range(r["batch"]))
     per_pool = Counter(r["pool"] or "?" for r in results for _ in range(r["batch"]))
+    cold = {r["worker"] for r in results} - warmed
+    lags = [r["lag_ms"] for r in results if "lag_ms" in r]
     if sampler is not None:
         busy = statistics.fmean(sampler.samples) if sampler.samples else None
         source = "nvml"
@@ -310,6 +432,10 @@ def run_arrangement(
         per_device=dict(per_device),
         per_pool=dict(per_pool),
         errors=errors[:5],
+        warmed_workers=len(warmed),
+        cold_workers=len(cold),
+        host_load=host_load,
+        emulator_lag_ms=statistics.fmean(lags) if lags else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ def provenance(inventory: Inventory) -> dict[str, Any]:
         "gpuslice": _version("gpuslice"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        # The host shapes emulated timings (late wake-ups): say what it was.
+        "host_cpus": os.cpu_count(),
+        "host_niceness": os.nice(0) if hasattr(os, "nice") else None,
     }
 
 
@@ -68,20 +72,34 @@ def comparisons(results: Sequence[ArrangementResult]) -> dict[str, Any]:
 
 
 def markdown_table(results: Sequence[ArrangementResult]) -> str:
-    """A markdown table, one row per arrangement, with throughput relative to (a)."""
+    """A markdown table, one row per arrangement, with throughput relative to (a).
+
+    On the emulated GPU two more columns say how much the host distorted the run: its load
+    average when timing started, and how much longer than the model the kernels took.
+    """
     base = next((r for r in results if r.family == "a" and r.throughput > 0), None)
-    lines = [
+    emulated = any(r.emulator_lag_ms is not None for r in results)
+    header = (
         "| arrangement | workers | tasks/s | × one-per-GPU | mean TCT (s) | p95 TCT (s) "
-        "| GPU busy | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| GPU busy | failed |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if emulated:
+        header += " host load | emulator lag (ms) |"
+        rule += "---:|---:|"
+    lines = [header, rule]
     for r in results:
         ratio = f"{r.throughput / base.throughput:.2f}" if base else "-"
         busy = f"{r.gpu_busy_pct:.0f}%" if r.gpu_busy_pct is not None else "-"
-        lines.append(
+        line = (
             f"| {r.label} (`{r.name}`) | {r.workers} | {r.throughput:.2f} | {ratio} | "
             f"{r.mean_tct_s:.2f} | {r.p95_tct_s:.2f} | {busy} | {r.failed} |"
         )
+        if emulated:
+            load = f"{r.host_load:.1f}" if r.host_load is not None else "-"
+            lag = f"{r.emulator_lag_ms:.0f}" if r.emulator_lag_ms is not None else "-"
+            line += f" {load} | {lag} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

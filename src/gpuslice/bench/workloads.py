@@ -46,6 +46,36 @@ two fractions of that time, because they share a GPU differently:
 ``parallelism = duty * occupancy = sum(busy * exec_s) / sum(kernel_s)`` is the SM fraction
 averaged over ``work_ms``, the one number the model used before it had two (unchanged by the
 split, except that it is no longer floored at one SM's share for the tiny sizes).
+
+A third fraction says how much of the device's memory bandwidth the kernels move while they
+run, which concurrent kernels of one context share as they share the SMs:
+
+- ``bandwidth = sum(B) / (sum(exec_s) * HBM_BANDWIDTH * MEMORY_EFFICIENCY)``, at most 1: the
+  bytes moved per second of kernel time, over the bandwidth a streaming kernel achieves
+  (``MEMORY_EFFICIENCY`` of the datasheet's peak, taken as all the bandwidth kernels can get,
+  together or alone). A memory-bound kernel counts 1, a gather at ``GATHER_EFFICIENCY``
+  0.5 / 0.8, a compute-bound GEMM its bytes over its compute time. This is the roofline view
+  (Williams, Waterman and Patterson, "Roofline: an insightful visual performance model for
+  multicore architectures", Communications of the ACM 52(4), 2009,
+  https://doi.org/10.1145/1498765.1498785): a kernel's time is the larger of its compute time
+  and its memory time, and a kernel whose arithmetic intensity (flops per byte) is below the
+  device's ridge point (989.4 TFLOPS / 3.35 TB/s = 295 flops per byte for bf16 on an H100)
+  is bound by bandwidth.
+
+What that gives, for example: a GPT-2-medium decode step reads the 354 M parameters of its 24
+layers and its output projection (0.71 GB in bf16) and a KV cache of 2 x 24 layers x about 160
+positions x 1024 x 2 bytes = 16 MB, for about 1 flop per byte: every decode kernel streams
+memory, so ``bandwidth`` is 1.0, on about 40% of the SMs (LLM decoding is memory-bound:
+"Mastering LLM Techniques: Inference Optimization", NVIDIA technical blog,
+https://developer.nvidia.com/blog/mastering-llm-techniques-inference-optimization/). At 0.8 x
+3.35 TB/s that is 0.27 ms of kernel time per token against about 1.6 ms of launches (about 320
+kernels at ``LAUNCH_OVERHEAD_S``), hence the decode's low duty: one request streams memory only
+a sixth of its time. The MPNN's gathers and atomic scatters are bound by latency rather than
+bandwidth (0.5 / 0.8 = 0.625 each) and its dense layers by compute, about 0.5 over the
+``large`` inference task; the matmul chain's GEMMs at n = 4096 do 2 x 4096^3 flops on
+3 x 4096^2 x 4 bytes, 683 flops per byte, far above the fp32 ridge (66.9 TFLOPS / 3.35 TB/s =
+20), so the task uses 0.04 of the bandwidth; the Jacobi stencil does 4 flops on 12 bytes per
+point and is all bandwidth (1.0).
 A kernel busy on all SMs for its whole duration counts 1 in both, a launch-bound kernel
 lowers the duty, a small-grid kernel the occupancy (at least one SM: ``1 / H100_SM_COUNT``).
 Thread blocks per kernel follow stated rules rather than the libraries' real heuristics:
@@ -123,12 +153,15 @@ class EmulatedCost:
         duty: fraction of ``work_ms`` during which one of its kernels runs, in (0, 1].
         occupancy: fraction of the SMs its kernels keep busy while they run, in (0, 1].
         memory_mib: device memory the task needs, CUDA context included.
+        bandwidth: fraction of the device's usable memory bandwidth its kernels move while
+            they run, in [0, 1] (see the module docstring).
     """
 
     work_ms: float
     duty: float
     occupancy: float
     memory_mib: int
+    bandwidth: float = 0.0
 
     @property
     def parallelism(self) -> float:
@@ -841,7 +874,7 @@ def _repeat(kernels: Iterable[_Kernels], times: float) -> list[_Kernels]:
 
 
 def _total(kernels: Iterable[_Kernels], memory_bytes: float) -> EmulatedCost:
-    work_s = run_s = busy_s = 0.0
+    work_s = run_s = busy_s = moved = 0.0
     for k in kernels:
         if k.count <= 0:
             continue
@@ -852,12 +885,20 @@ def _total(kernels: Iterable[_Kernels], memory_bytes: float) -> EmulatedCost:
         work_s += k.count * max(exec_s, LAUNCH_OVERHEAD_S)
         run_s += k.count * exec_s
         busy_s += k.count * exec_s * min(1.0, max(k.blocks, 1) / H100_SM_COUNT)
+        moved += k.count * k.bytes
     if run_s <= 0:
         raise UsageError("the task launches no kernel that does work; give it a positive size")
     duty = min(1.0, run_s / work_s)
     occupancy = min(1.0, max(busy_s / run_s, 1.0 / H100_SM_COUNT))
+    bandwidth = min(1.0, moved / (run_s * HBM_BANDWIDTH * MEMORY_EFFICIENCY))
     memory_mib = CUDA_CONTEXT_MIB + math.ceil(memory_bytes / 2**20)
-    return EmulatedCost(work_ms=work_s * 1e3, duty=duty, occupancy=occupancy, memory_mib=memory_mib)
+    return EmulatedCost(
+        work_ms=work_s * 1e3,
+        duty=duty,
+        occupancy=occupancy,
+        memory_mib=memory_mib,
+        bandwidth=bandwidth,
+    )
 
 
 def _gpt_pass(

@@ -198,6 +198,9 @@ class KernelResult:
         occupancy: fraction of the device's SMs its kernels kept busy while they ran.
         bandwidth: fraction of the device's usable memory bandwidth its kernels moved while
             they ran alone (0 when the task did not declare it).
+        lag_ms: how much longer it took than the model gave it: the host woke it late (a
+            loaded machine) or admitted it late. Not GPU time; a measure of how much the host
+            distorted an emulated measurement.
     """
 
     device: str
@@ -210,6 +213,7 @@ class KernelResult:
     duty: float = 1.0
     occupancy: float = 1.0
     bandwidth: float = 0.0
+    lag_ms: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,6 +717,7 @@ def kernel(
     progress = 0.0  # fraction of work_ms done
     shared = False
     last = start
+    model_end = start  # when the model says the work was done
     try:
         while progress < 1.0 and work_ms > 0:
             others = [r.client() for r in _read_records(directory) if r.path != record_path]
@@ -724,6 +729,8 @@ def kernel(
             now = time.monotonic()
             progress += (now - last) * 1000.0 * rate / work_ms
             last = now
+            # The last tick overshoots by (progress - 1) of the work, done at this rate.
+            model_end = now - max(0.0, progress - 1.0) * work_ms / rate / 1000.0
             with contextlib.suppress(OSError):
                 os.utime(record_path)  # heartbeat
             if grant is not None:  # a kernel in flight fails when its server goes
@@ -731,7 +738,8 @@ def kernel(
     finally:
         with contextlib.suppress(OSError):
             record_path.unlink()
-    duration_ms = (time.monotonic() - start) * 1000.0
+    end = time.monotonic()
+    duration_ms = (end - start) * 1000.0
     mode: Mode = "mps" if the_slice.mps else ("timeshare" if shared else "exclusive")
     average = me.parallelism
     share = work_ms * average / duration_ms if duration_ms > 0 else average
@@ -746,4 +754,5 @@ def kernel(
         duty=task_duty,
         occupancy=task_occupancy,
         bandwidth=task_bandwidth,
+        lag_ms=(end - model_end) * 1000.0,
     )
