@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,21 @@ def test_a_point_needs_samples_and_round_trips_through_json() -> None:
     failed = Point.failure(4, 25, 32, 1024, "CudaOutOfMemoryError: boom", 3, 2.5)
     assert failed.samples == 0
     assert Point.from_dict(failed.to_dict()).error == "CudaOutOfMemoryError: boom"
+
+
+def test_timed_call_reads_the_emulated_peak_memory_of_the_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gpuslice.emulate.kernel import kernel, peak_memory_mib, reset_peak_memory
+    from gpuslice.rightsize.measure import timed_call
+
+    monkeypatch.setenv("GPUSLICE_EMULATE_DIR", str(tmp_path / "emu"))
+    monkeypatch.setenv("GPUSLICE_EMULATED", "1")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    kernel(1, memory=2048)  # an earlier, larger call does not count: timed_call resets the peak
+    first = timed_call(kernel, [5], {"occupancy": 0.5, "memory": 300})
+    assert first["peak_mib"] == 300
+    assert first["ms"] >= 5
+    assert first["end"] > first["start"]
+    reset_peak_memory()
+    assert peak_memory_mib() == 0

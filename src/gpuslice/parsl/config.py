@@ -64,6 +64,7 @@ from gpuslice.plan.schema import Plan
 __all__ = [
     "EMULATED_ENV",
     "EXPECTED_SMS_ENV",
+    "LAYOUT_ATTR",
     "POOL_ATTR",
     "gpuslice_command",
     "layout_of",
@@ -78,6 +79,9 @@ __all__ = [
 
 #: Attribute set on each executor gpuslice builds: the pool's name (how gpu_app finds pools).
 POOL_ATTR = "gpuslice_pool"
+#: Attribute set on each executor gpuslice builds: its resolved Layout (slice sizes, GPUs), which
+#: ``gpu_app(pool="auto")`` reads to match a function's profile to a pool.
+LAYOUT_ATTR = "gpuslice_layout"
 #: The fleet file of an emulated layout.
 FLEET_ENV = "GPUSLICE_FLEET"
 #: Accelerator names of node-local pools (not integers: Parsl would remap those).
@@ -345,6 +349,7 @@ def pool_executor(
         **options,
     )
     setattr(executor, POOL_ATTR, pool.name)
+    setattr(executor, LAYOUT_ATTR, layout)
     return executor
 
 
