@@ -5,6 +5,8 @@
 (c) ``mps-unlimited-N``: N workers per GPU under MPS with no limits (Parsl's MPS recipe).
 (d) ``gpuslice-N``: N MPS slices per GPU, each with 100/N % of the SMs and 1/N of the memory.
 (e) ``batched-N``: one worker per GPU running N tasks' work as one batched call (the ceiling).
+``suggested[-MIX]``: the plan ``gpuslice plan suggest`` writes for the mix from stored profiles
+(:mod:`gpuslice.bench.suggested`).
 """
 
 from __future__ import annotations
@@ -117,7 +119,11 @@ def by_name(name: str, memory_mib: int) -> Arrangement:
             return makers[family](int(count))
         if family == "gpuslice":
             return gpuslice_slices(int(count), memory_mib)
+    if name == "suggested" or name.startswith("suggested-"):
+        from gpuslice.bench.suggested import suggested  # right-sizing: plan suggest's plan
+
+        return suggested(name, memory_mib)
     raise ValueError(
         f"unknown arrangement {name!r}; use one-per-gpu, timeshare-N, mps-unlimited-N, "
-        "gpuslice-N or batched-N"
+        "gpuslice-N, batched-N or suggested[-MIX]"
     )
