@@ -130,3 +130,28 @@ def test_a_profile_of_older_code_does_not_count(tmp_path: Path) -> None:
     )
     with pytest.warns(UserWarning, match="no profile"):
         assert auto_pool(funcs.hungry, _dfk(PLAN), store) == "half"
+
+
+@pytest.mark.slow
+def test_gpu_app_auto_runs_calls_in_the_recommended_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpuslice.parsl.app import gpu_app
+    from tests.parsl.conftest import emulated_environment, loaded
+
+    store = ProfileStore(tmp_path / "p.sqlite")
+    fid = function_id(funcs.where)
+    store.put(
+        profile_of(
+            fid.name,
+            [point(1, 100, 132, p50=10.0), point(12, 8, 10, p50=20.0)],
+            code_hash=fid.code_hash,
+            per_gpu=12,
+        )
+    )
+    monkeypatch.setenv("GPUSLICE_PROFILE_STORE", str(store.path))
+    plan = "tiny=2x mps:10%/4GiB, half=1x mps:50%/20GiB"
+    with emulated_environment() as root, loaded(plan, root, fleet=FLEET):
+        app = gpu_app(pool="auto")(funcs.where)
+        assert {app().result() for _ in range(4)} == {"tiny"}
+        assert app.label == "tiny"
