@@ -1,0 +1,259 @@
+"""Does the knee search find the slice an exhaustive sweep would, in a fraction of its time?
+
+For each synthetic function of :mod:`gpuslice.bench.synthetic` (different duty, occupancy,
+memory and latency bounds; emulated kernels), in one run:
+
+1. ``profile()``: the knee search (``gpuslice profile``), timed from start to recommendation,
+   Parsl start-up included;
+2. ``profile(exhaustive=True)``: every candidate size measured the same way (the sweep).
+
+The two run back to back per function (search first, then sweep), so both see the same load
+on the host. Reported per function: the recommendation, the sweep's throughput at the
+recommended size over the best feasible throughput the sweep found (the issue asks for at
+least 0.95), and the search's time over the sweep's (at most 0.40). Both throughputs come from
+the same sweep run, so the ratio is not a comparison across runs; the search's own measurement
+of its choice is reported beside it.
+
+Run (a few tens of minutes on a small machine)::
+
+    .venv/bin/python benchmarks/rightsize_sweep.py
+    # -> benchmarks/results/rightsize_sweep.json, .md, .png
+
+It sets private emulator and MPS directories. On the emulated GPU the numbers follow the
+emulation model (docs/emulation-model.md), not a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FLEET = HERE.parent / "src" / "gpuslice" / "examples" / "fleet-1xh100.yaml"
+TIME_TARGET = 0.40
+THROUGHPUT_TARGET = 0.95
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _summary(profile: Any) -> dict[str, Any]:
+    rec = profile.recommended
+    return {
+        "recommended": {
+            "kind": rec.kind,
+            "per_gpu": rec.per_gpu,
+            "compute": rec.compute,
+            "sms": rec.sms,
+            "memory_mib": rec.memory_mib,
+            "tasks_per_s_per_gpu": rec.tasks_per_s_per_gpu,
+            "p95_ms": rec.p95_ms,
+            "meets_bound": rec.meets_bound,
+        },
+        "profiling_s": profile.profiling_s,
+        "order": list(profile.order),
+        "points": [p.to_dict() for p in profile.points],
+    }
+
+
+def _compare(name: str, shape: Any, search: Any, sweep: Any) -> dict[str, Any]:
+    from gpuslice.rightsize.choice import feasible
+
+    bound = shape.p95_ms
+    ok = [p for p in sweep.points if feasible(p, bound)]
+    best = max(ok, key=lambda p: p.tasks_per_s_per_gpu)
+    rec = search.recommended
+    at_choice = sweep.point(rec.per_gpu)
+    sweep_t = at_choice.tasks_per_s_per_gpu if at_choice is not None else float("nan")
+    ratio = sweep_t / best.tasks_per_s_per_gpu
+    time_ratio = search.profiling_s / sweep.profiling_s
+    return {
+        "function": name,
+        "shape": {
+            "work_ms": shape.work_ms,
+            "duty": shape.duty,
+            "occupancy": shape.occupancy,
+            "memory_mib": shape.memory_mib,
+            "p95_ms": shape.p95_ms,
+            "bandwidth": shape.bandwidth,
+        },
+        "candidate_sizes": len(sweep.points),
+        "search": _summary(search),
+        "sweep": _summary(sweep),
+        "sweep_best": {
+            "per_gpu": best.per_gpu,
+            "compute": best.compute,
+            "tasks_per_s_per_gpu": best.tasks_per_s_per_gpu,
+        },
+        "sweep_choice": sweep.recommended.per_gpu,
+        "sweep_tasks_per_s_at_recommended": sweep_t,
+        "sweep_p95_at_recommended": at_choice.p95_ms if at_choice is not None else None,
+        "throughput_ratio": ratio,
+        "search_throughput_ratio": rec.tasks_per_s_per_gpu / best.tasks_per_s_per_gpu,
+        "time_ratio": time_ratio,
+        "meets_throughput": ratio >= THROUGHPUT_TARGET,
+        "meets_time": time_ratio <= TIME_TARGET,
+    }
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| function | duty | occupancy | memory | p95 bound | sizes | search measured | "
+        "recommended | sweep best | throughput ratio | search s | sweep s | time ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        s, rec, best = r["shape"], r["search"]["recommended"], r["sweep_best"]
+        bound = f"{s['p95_ms']:g} ms" if s["p95_ms"] else "-"
+        lines.append(
+            f"| `{r['function']}` | {s['duty']} | {s['occupancy']} | "
+            f"{s['memory_mib'] // 1024} GiB | "
+            f"{bound} | {r['candidate_sizes']} | {len(r['search']['order'])} | "
+            f"{rec['per_gpu']} x {rec['compute']}% | {best['per_gpu']} x {best['compute']}% | "
+            f"{r['throughput_ratio']:.3f} | {r['search']['profiling_s']:.0f} | "
+            f"{r['sweep']['profiling_s']:.0f} | {r['time_ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, (len(rows) + 1) // 2, figsize=(3.2 * ((len(rows) + 1) // 2), 6.0))
+    for axis, r in zip(axes.flat, rows, strict=False):
+        sweep = [p for p in r["sweep"]["points"] if p["samples"]]
+        search = [p for p in r["search"]["points"] if p["samples"]]
+        axis.plot(
+            [p["compute"] for p in sweep],
+            [p["tasks_per_s_per_gpu"] for p in sweep],
+            "o-",
+            color="#888",
+            label="sweep",
+        )
+        axis.plot(
+            [p["compute"] for p in search],
+            [p["tasks_per_s_per_gpu"] for p in search],
+            "x",
+            color="#2f7ab9",
+            markersize=9,
+            label="search",
+        )
+        axis.axvline(r["search"]["recommended"]["compute"], color="#5aa469", label="recommended")
+        axis.set_xscale("log")
+        axis.set_title(r["function"], fontsize=9)
+        axis.set_xlabel("compute %", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes.flat[0].set_ylabel("tasks/s per GPU (filled)")
+    axes.flat[0].legend(fontsize=7)
+    for axis in list(axes.flat)[len(rows) :]:
+        axis.axis("off")
+    fig.suptitle("knee search vs exhaustive sweep (emulated H100)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fleet", default=str(FLEET), help="fleet file (emulated GPU)")
+    parser.add_argument(
+        "--functions", default=None, help="comma-separated synthetic function names"
+    )
+    parser.add_argument("--max-per-gpu", type=int, default=16, help="most slices per GPU")
+    parser.add_argument("--samples", type=int, default=24, help="timed calls per size, GPU filled")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "rightsize_sweep.json")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="gsrs-"))
+    os.environ.setdefault("GPUSLICE_EMULATE_DIR", str(scratch / "emu"))
+    os.environ.setdefault("GPUSLICE_MPS_ROOT", str(scratch / "mps"))
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+
+    from gpuslice.bench.report import provenance
+    from gpuslice.bench.synthetic import FUNCTIONS, SHAPES
+    from gpuslice.hardware.inventory import discover
+    from gpuslice.rightsize.probe import ProbeError
+    from gpuslice.rightsize.profiler import profile
+
+    names = args.functions.split(",") if args.functions else list(FUNCTIONS)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for name in names:
+        shape = SHAPES[name]
+        results = {}
+        for mode in ("search", "sweep"):
+            for attempt in range(2):
+                try:
+                    print(f"{name}: {mode} ...", flush=True)
+                    results[mode] = profile(
+                        FUNCTIONS[name],
+                        fleet=args.fleet,
+                        p95_ms=shape.p95_ms,
+                        max_per_gpu=args.max_per_gpu,
+                        store=False,
+                        exhaustive=mode == "sweep",
+                        samples=args.samples,
+                    )
+                    break
+                except ProbeError as err:  # workers could not start (host overload): once more
+                    print(f"{name}: {mode}: {err}; retrying in 30 s", flush=True)
+                    if attempt:
+                        raise
+                    time.sleep(30)
+            print(
+                f"{name}: {mode}: {results[mode].recommended.per_gpu} x "
+                f"{results[mode].recommended.compute}% in {results[mode].profiling_s:.0f} s",
+                flush=True,
+            )
+        row = _compare(name, shape, results["search"], results["sweep"])
+        print(
+            f"{name}: throughput ratio {row['throughput_ratio']:.3f}, "
+            f"time ratio {row['time_ratio']:.2f}",
+            flush=True,
+        )
+        rows.append(row)
+    data = {
+        **provenance(discover(args.fleet)),
+        "benchmark": "rightsize_sweep",
+        "max_per_gpu": args.max_per_gpu,
+        "samples": args.samples,
+        "targets": {"throughput_ratio_min": THROUGHPUT_TARGET, "time_ratio_max": TIME_TARGET},
+        "host": {
+            "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "platform": platform.platform(),
+        },
+        "total_s": time.perf_counter() - started,
+        "date_end": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "functions": rows,
+        "all_meet_throughput": all(r["meets_throughput"] for r in rows),
+        "all_meet_time": all(r["meets_time"] for r in rows),
+        "gpuslice": _version("gpuslice"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    table = _markdown(rows)
+    args.out.with_suffix(".md").write_text(table)
+    _plot(rows, args.out.with_suffix(".png"))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
