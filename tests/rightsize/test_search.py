@@ -10,6 +10,7 @@ from gpuslice.rightsize.search import (
     Size,
     candidate_sizes,
     choose_count,
+    fitted_seconds,
     next_count,
     rate_bound,
 )
@@ -100,3 +101,36 @@ def test_search_does_not_measure_below_an_infeasible_size() -> None:
     )
     assert nxt == 2 or nxt is None
     assert all(n < 4 for n in [nxt] if n is not None)
+
+
+def test_the_fitted_curve_is_amdahl_with_a_knee() -> None:
+    # Two small slices on the slope: t = a + b / s with t(10) = 0.3 and t(20) = 0.2 gives
+    # b = 0.1 / (1/10 - 1/20) = 2, a = 0.1. The whole GPU (132 SMs) took 0.15: the knee is
+    # where 0.1 + 2 / s = 0.15, s = 40 SMs; past it the time stays 0.15.
+    measured = [(10, 0.3), (20, 0.2), (132, 0.15)]
+    assert fitted_seconds(14, measured) == pytest.approx(0.1 + 2 / 14)
+    assert fitted_seconds(66, measured) == pytest.approx(0.15)
+    # Two points: the straight line in 1/s between them (here no knee).
+    assert fitted_seconds(66, [(6, 0.4), (132, 0.1)]) == pytest.approx(
+        0.4 + (0.1 - 0.4) * (1 / 66 - 1 / 6) / (1 / 132 - 1 / 6)
+    )
+
+
+def test_the_search_refines_next_to_the_best_and_stops_on_its_bounds() -> None:
+    grid = candidate_sizes(H100_SMS, 16)
+    by = {s.per_gpu: s for s in grid}
+
+    # Time per call: 0.1 + 2 / s seconds below 40 SMs, 0.15 above (the curve of the test
+    # above). Measured: the whole GPU (6.67/s), 16 slices of 6 SMs (36.9/s), 12 of 10 (40.0/s).
+    def t(s: int) -> float:
+        return max(0.15, 0.1 + 2 / s)
+
+    measured = {n: n / t(by[n].sms) for n in (1, 16, 12)}
+    # Only 14 slices (8 SMs) could beat 12 by more than 5%: the secant through 10 and 132 SMs,
+    # extended down, bounds one slice at 3.33 - 2 * (6.67 - 3.33) / 122 = 3.28/s, so 14
+    # slices at 45.9/s (>= 42.0). 9 slices (14 SMs): the secant through 6 and 10 SMs extended
+    # up gives 4.36/s, 39.2/s for 9 slices: neither better by 5% nor within 3% (38.8/s).
+    assert next_count(measured, grid) == 14
+    measured[14] = 14 / t(8)  # 40.0/s, as good as 12 slices
+    assert next_count(measured, grid) is None
+    assert choose_count(measured) == 12  # the larger slice of the two

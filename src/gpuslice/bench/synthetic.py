@@ -11,12 +11,16 @@ function       work   duty   occupancy  memory  p95 bound  what limits it
 =============  =====  =====  =========  ======  =========  ===============================
 ``decode``     100    0.17   0.40       2 GiB   -          launch gaps: many small slices
 ``stencil``    60     0.95   1.00       4 GiB   -          fills the GPU: one whole slice
-``surrogate``  80     0.90   0.30       6 GiB   -          knee near 30% of the SMs
+``surrogate``  80     0.90   0.30       3 GiB   -          knee near 30% of the SMs
 ``embed``      40     0.30   0.50       1 GiB   80 ms      the latency bound
-``train``      150    1.00   0.80       9 GiB   -          memory and occupancy
+``train``      150    1.00   0.80       5 GiB   -          occupancy; 13 slices fit
 ``tiny``       30     0.10   0.10       1 GiB   -          launch-bound: smallest slices
 ``ranker``     40     0.60   0.35       2 GiB   70 ms      latency bound, mid occupancy
+``bigmem``     120    0.80   0.60       12 GiB  -          memory: only 5 slices fit
 =============  =====  =====  =========  ======  =========  ===============================
+
+``bigmem`` shows the case right-sizing cannot make cheap: memory allows so few sizes (five
+on an 80 GB GPU with 20% headroom) that the search measures most of them.
 
 ``bandwidth`` (a fraction of the device's memory bandwidth the kernels need while they run) is
 part of every shape but None today: the emulated GPU does not model bandwidth sharing yet. When
@@ -36,6 +40,7 @@ __all__ = [
     "FUNCTIONS",
     "SHAPES",
     "Shape",
+    "bigmem",
     "decode",
     "embed",
     "ranker",
@@ -71,11 +76,12 @@ class Shape:
 SHAPES: dict[str, Shape] = {
     "decode": Shape(100, 0.17, 0.40, 2048),
     "stencil": Shape(60, 0.95, 1.00, 4096),
-    "surrogate": Shape(80, 0.90, 0.30, 6144),
+    "surrogate": Shape(80, 0.90, 0.30, 3072),
     "embed": Shape(40, 0.30, 0.50, 1024, p95_ms=80),
-    "train": Shape(150, 1.00, 0.80, 9216),
+    "train": Shape(150, 1.00, 0.80, 5120),
     "tiny": Shape(30, 0.10, 0.10, 1024),
     "ranker": Shape(40, 0.60, 0.35, 2048, p95_ms=70),
+    "bigmem": Shape(120, 0.80, 0.60, 12288),
 }
 
 
@@ -129,7 +135,7 @@ def embed() -> dict[str, Any]:
 
 
 def train() -> dict[str, Any]:
-    """A training step: compute-bound, 9 GiB."""
+    """A training step: compute-bound, 5 GiB."""
     return run_shape("train")
 
 
@@ -143,6 +149,11 @@ def ranker() -> dict[str, Any]:
     return run_shape("ranker")
 
 
+def bigmem() -> dict[str, Any]:
+    """A model that holds 12 GiB: memory decides how many slices fit."""
+    return run_shape("bigmem")
+
+
 #: Name -> function, for scripts that iterate over them.
 FUNCTIONS = {
     "decode": decode,
@@ -152,4 +163,5 @@ FUNCTIONS = {
     "train": train,
     "tiny": tiny,
     "ranker": ranker,
+    "bigmem": bigmem,
 }

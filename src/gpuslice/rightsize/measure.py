@@ -29,9 +29,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Point", "Sample", "summarize", "timed_call"]
+__all__ = ["Point", "Sample", "held_call", "summarize", "timed_call"]
 
 #: Bootstrap resamples for the p95 interval (a fixed seed: the same samples give the same range).
 _BOOTSTRAP = 200
@@ -90,6 +91,33 @@ def timed_call(
         "peak_mib": peak,
         "pid": os.getpid(),
     }
+
+
+def held_call(
+    func: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    gate: str,
+    timeout_s: float,
+) -> int:
+    """Warm-up call: run ``func`` once, leave ``ready-<pid>`` in ``gate``, then hold the worker.
+
+    The worker stays busy until the file ``open`` appears in ``gate`` (or ``timeout_s``
+    passes), so the next warm-up call goes to a worker that has not run yet. The profiler
+    starts workers' first calls a few at a time this way: each first call checks the slice
+    (the MPS daemon must answer), and many checks at once overload a small host.
+
+    Returns:
+        This worker's PID.
+    """
+    func(*args, **kwargs)
+    pid = os.getpid()
+    gate_dir = Path(gate)
+    (gate_dir / f"ready-{pid}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not (gate_dir / "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pid
 
 
 @dataclass(frozen=True)

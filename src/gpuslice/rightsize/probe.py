@@ -13,9 +13,9 @@ so nothing scales the block back out.
 
 Per size (:meth:`Prober.measure`):
 
-1. warm-up: calls until every worker has run the function once (imports, CUDA context,
-   model load), not timed; a worker whose slice check failed is given another call (its
-   check runs again), up to a few rounds;
+1. warm-up: one call in every worker (imports, CUDA context, model load), not timed; at
+   most a few first calls at once (:meth:`Prober._warm_up`), and a worker whose slice check
+   failed gets another call (its check runs again);
 2. alone: a few calls one after another, the rest of the GPU idle (``Point.alone_ms``);
 3. filled: ``rounds x n`` calls submitted at once, so every slice is busy and co-located
    slices interfere as they would in production; their times and the window in which all
@@ -40,7 +40,7 @@ from gpuslice.errors import GpusliceError, MpsError, UsageError
 from gpuslice.hardware.inventory import Gpu, Inventory
 from gpuslice.parsl.worker import SliceCheckError
 from gpuslice.rightsize.identity import Call, module_root
-from gpuslice.rightsize.measure import Point, Sample, summarize, timed_call
+from gpuslice.rightsize.measure import Point, Sample, held_call, summarize, timed_call
 from gpuslice.rightsize.search import Size
 
 __all__ = ["ALONE_CALLS", "FILLED_SAMPLES", "ProbeError", "Prober"]
@@ -49,8 +49,13 @@ __all__ = ["ALONE_CALLS", "FILLED_SAMPLES", "ProbeError", "Prober"]
 ALONE_CALLS = 3
 #: At least this many calls are timed with the GPU filled (two rounds at the least).
 FILLED_SAMPLES = 24
-#: Warm-up rounds before giving up on workers that could not enter their slices.
-_WARM_ROUNDS = 8
+#: First calls started at once during warm-up (each checks its slice; many at once overload
+#: a small host's MPS control program).
+WARM_AT_ONCE = 4
+#: Failed slice checks during one size's warm-up before giving up.
+WARM_START_FAILURES = 24
+#: Longest warm-up of one size, seconds.
+WARM_TIMEOUT_S = 600.0
 
 
 class ProbeError(GpusliceError):
@@ -161,6 +166,65 @@ class Prober:
         self._dfk.add_executors([executor])
         return label, executor
 
+    def _warm_up(self, label: str, size: Size, errors: list[str]) -> None:
+        """Run one call in every worker, starting at most :data:`WARM_AT_ONCE` first calls at once.
+
+        Each warm-up call holds its worker at a gate once it has run (:func:`held_call`), so
+        every new call reaches a worker that has not run yet. A worker whose slice check
+        failed (its MPS daemon's ping timed out on a loaded host, say) checks again at its
+        next call, so such failures are retried; the function's own failures end the warm-up
+        (appended to ``errors``).
+
+        Raises:
+            ProbeError: workers still could not enter their slices after
+                :data:`WARM_START_FAILURES` failures or :data:`WARM_TIMEOUT_S` seconds.
+        """
+        from gpuslice.parsl.app import gpu_app
+
+        hold = gpu_app(pool=label, data_flow_kernel=self._dfk)(held_call)
+        args, kwargs = list(self.call.args), dict(self.call.kwargs or {})
+        assert self._run_dir is not None
+        gate = Path(tempfile.mkdtemp(prefix="warm-", dir=self._run_dir))
+        pending: list[Future[Any]] = []
+        failures: list[BaseException] = []
+        deadline = time.monotonic() + WARM_TIMEOUT_S
+        try:
+            while True:
+                ready = len(list(gate.glob("ready-*")))
+                if ready >= size.per_gpu:
+                    return
+                running = [f for f in pending if not f.done()]
+                for future in [f for f in pending if f.done()]:
+                    pending.remove(future)
+                    try:
+                        future.result()
+                    except (MpsError, SliceCheckError) as err:
+                        failures.append(err)
+                    except Exception as err:  # the function failed: a measurement
+                        errors.append(f"{type(err).__name__}: {err}")
+                        return
+                if len(failures) >= WARM_START_FAILURES or time.monotonic() > deadline:
+                    last = failures[-1] if failures else "no call reached a worker in time"
+                    raise ProbeError(
+                        f"workers of {size.per_gpu} slice(s) of {size.compute}% could not enter "
+                        f"their slices ({len(failures)} failed starts, {ready} of "
+                        f"{size.per_gpu} ready): {last}. Check `gpuslice mps status`; on a "
+                        "heavily loaded host, profile with fewer slices (--max-per-gpu)"
+                    )
+                starting = len(running) - ready
+                while starting < WARM_AT_ONCE and len(running) < size.per_gpu:
+                    future = hold(self.func, args, kwargs, str(gate), WARM_TIMEOUT_S)
+                    pending.append(future)
+                    running.append(future)
+                    starting += 1
+                time.sleep(0.05)
+        finally:
+            (gate / "open").touch()
+            for future in pending:
+                with contextlib.suppress(Exception):
+                    future.result(timeout=WARM_TIMEOUT_S)
+            shutil.rmtree(gate, ignore_errors=True)
+
     def measure(self, size: Size, memory_mib: int | None) -> Point:
         """Fill the GPU with slices of ``size`` (each capped at ``memory_mib``) and measure.
 
@@ -197,27 +261,8 @@ class Prober:
             return done
 
         try:
-            # Warm-up: until every worker ran one call. A worker whose slice check failed (e.g.
-            # its daemon's ping timed out on a loaded host) checks again at its next call, so
-            # such failures are retried, with a pause; the function's own failures are not.
-            warmed: set[int] = set()
-            for attempt in range(_WARM_ROUNDS):
-                start_failures.clear()
-                warmed.update(s.pid for s in run(size.per_gpu))
-                if len(warmed) >= size.per_gpu or errors:
-                    break
-                if start_failures:
-                    time.sleep(min(2.0 * (attempt + 1), 10.0))
-            if start_failures and len(warmed) < size.per_gpu and not errors:
-                raise ProbeError(
-                    f"workers of {size.per_gpu} slice(s) of {size.compute}% could not enter "
-                    f"their slices after {_WARM_ROUNDS} tries: {start_failures[-1]}. Check "
-                    "`gpuslice mps status`; on a heavily loaded host, profile with fewer slices "
-                    "(--max-per-gpu)"
-                )
-            ready = len(warmed) >= size.per_gpu and not errors
-            if not ready and not errors:
-                errors.append(f"only {len(warmed)} of {size.per_gpu} workers ran a call")
+            self._warm_up(label, size, errors)
+            ready = not errors
             startup = time.perf_counter() - started
             alone: list[Sample] = []
             packed: list[Sample] = []

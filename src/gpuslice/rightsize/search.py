@@ -29,12 +29,18 @@ one slice. The per-slice rate is assumed
    gain nothing from more: the knee).
 
 From the sizes measured so far these give an upper bound on ``T`` at every unmeasured size.
-A size is worth measuring only if its bound, raised by a noise margin (:data:`NOISE_MARGIN`),
-could change the choice: it would beat the current choice by more than the tolerance, or it is
-a larger slice that would come within the tolerance of the best. The search measures the
-middle of the gap holding the most promising such size, and stops when there is none. Latency
-grows as slices shrink, so a size over the latency bound makes every smaller slice infeasible
-too, and they are not measured.
+A size is measured only if it could change the choice: its bound beats the choice's
+throughput by more than :data:`NOISE_MARGIN` (so, under the assumptions, nothing unmeasured
+is more than 5% better than the choice), or it is a larger slice that both its bound and the
+fitted curve (:func:`fitted_seconds`, Amdahl's law with a knee) put within the knee tolerance
+of the best. Among those, the largest slice the fitted curve predicts within the tolerance of
+its best prediction is measured next, skipping
+sizes whose p95, interpolated linearly in ``1 / sms`` between measured sizes, is over the
+bound. Latency grows as slices shrink, so a size over the latency bound makes every smaller
+slice infeasible too, and they are not measured.
+
+Measuring costs most where the slices are many (each is a Parsl worker to start), so the
+bounds, not the fit, decide that the small-slice end need not be measured again.
 
 What it cannot see: a curve that breaks the assumptions by more than the noise margin (for
 example interference that makes mid-sized slices slower than small ones). The benchmark
@@ -56,6 +62,7 @@ __all__ = [
     "Size",
     "candidate_sizes",
     "choose_count",
+    "fitted_seconds",
     "next_count",
     "rate_bound",
 ]
@@ -177,6 +184,31 @@ def _interpolate(x: float, known: Sequence[tuple[float, float]]) -> float:
     return known[-1][1]
 
 
+def fitted_seconds(sms: int, measured: Sequence[tuple[int, float]]) -> float:
+    """Time per call of one slice of ``sms`` SMs predicted by Amdahl's law with a knee.
+
+    ``t(s) = max(t_flat, a + b / s)``: a part ``a`` that more SMs do not speed up (host time,
+    launch gaps), a part ``b / s`` that they do (Amdahl, "Validity of the single processor
+    approach to achieving large scale computing capabilities", AFIPS 1967), and no gain past
+    the SMs the kernels can fill (the knee; D-STACK models the parallelism a DNN can use in the
+    same spirit). ``a`` and ``b`` come from the two smallest measured slices, ``t_flat`` from
+    the largest; with only two points it is the straight line between them in ``1 / s``. It
+    chooses where to measure next and whether a larger slice looks as good; it never decides
+    that no size could beat the choice (the bounds do).
+
+    Args:
+        sms: SMs of the slice to predict.
+        measured: ``(sms, seconds per call of one slice)`` of measured feasible sizes.
+    """
+    points = sorted(measured)
+    if len(points) == 1:
+        return points[0][1]
+    (s_a, t_a), (s_b, t_b) = points[0], points[1]
+    b = max(0.0, (t_a - t_b) / (1.0 / s_a - 1.0 / s_b))
+    a = t_a - b / s_a
+    return max(points[-1][1], a + b / sms)
+
+
 def next_count(
     throughput: Mapping[int, float | None],
     candidates: Sequence[Size],
@@ -199,11 +231,11 @@ def next_count(
 
     Returns:
         The whole GPU first (the reference, and the function's memory), then the smallest
-        slice, then, among sizes that could still change the choice, the one whose bound is
-        highest (the optimistic choice of Lipschitz branch-and-bound searches: measure where
-        the most could be gained), skipping sizes whose p95, interpolated linearly in
-        ``1 / sms`` between measured sizes, is over the bound; None when no unmeasured size
-        could change :func:`choose_count`'s answer.
+        slice, then, among sizes that could still change the choice, the largest slice the
+        fitted curve predicts within the knee tolerance of the best prediction, skipping sizes
+        whose p95, interpolated linearly in ``1 / sms`` between
+        measured sizes, is over the bound (if all are, the largest of them); None when no
+        unmeasured size could change :func:`choose_count`'s answer.
     """
     grid = sorted(candidates)
     if not grid:
@@ -224,23 +256,32 @@ def next_count(
     assert choice is not None  # there is a feasible size
     choice_t = feasible[choice]
     best = max(feasible.values())
-    promising: list[tuple[float, int]] = []
+    measured = {n: t for n, t in feasible.items() if n in by_count}
+    speed = sorted((1.0 / by_count[n].sms, n / t) for n, t in measured.items() if t > 0)
+    measured_speed = [(by_count[n].sms, n / t) for n, t in measured.items() if t > 0]
+    latency = sorted((1.0 / by_count[n].sms, p) for n, p in (p95_ms or {}).items() if n in by_count)
+    promising: list[tuple[float, float, int]] = []
     for size in open_:
         bound = size.per_gpu * rate_bound(size.sms, rates)
+        predicted = size.per_gpu / fitted_seconds(size.sms, measured_speed) if speed else bound
         beats = bound >= choice_t * (1.0 + margin)
-        larger_and_as_good = size.per_gpu < choice and bound >= (1.0 - tolerance) * best
+        larger_and_as_good = (
+            size.per_gpu < choice and min(bound, predicted) >= (1.0 - tolerance) * best
+        )
         if beats or larger_and_as_good:
-            promising.append((bound, size.per_gpu))
+            promising.append((predicted, bound, size.per_gpu))
     if not promising:
         return None
-    latency = sorted((1.0 / by_count[n].sms, p) for n, p in (p95_ms or {}).items() if n in by_count)
     within = [
-        (bound, -n)
-        for bound, n in promising
+        (predicted, bound, -n)
+        for predicted, bound, n in promising
         if p95_bound_ms is None
         or not latency
         or _interpolate(1.0 / by_count[n].sms, latency) <= p95_bound_ms
     ]
     if within:
-        return -max(within)[1]
-    return min(n for _, n in promising)  # the largest slice left: closest to the bound
+        # The knee again: among sizes predicted within the tolerance of the best prediction,
+        # the largest slice (on a plateau it settles the choice with the fewest workers).
+        top = max(predicted for predicted, _, _ in within)
+        return min(-n for predicted, _, n in within if predicted >= (1.0 - tolerance) * top)
+    return min(n for _, _, n in promising)  # the largest slice left: closest to the bound
