@@ -96,3 +96,11 @@ def test_bad_argument_files_are_usage_errors(tmp_path: Path) -> None:
     broken.write_text("args: [1, 2\n")
     with pytest.raises(UsageError, match="--args-from"):
         load_call(broken)
+
+
+def test_a_file_path_instead_of_a_module_is_explained() -> None:
+    with pytest.raises(
+        UsageError,
+        match=r"is a file path; MODULE is the module's import name \(e\.g\. infer:predict",
+    ):
+        load_function("src/infer.py:predict")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -175,8 +174,6 @@ def profile_command(
             "[yellow]emulated GPU[/]: the numbers follow the emulation model "
             "(docs/emulation-model.md), not a measurement of real hardware"
         )
-    if Path(function).suffix == ".py":  # pragma: no cover - a hint for a common slip
-        console.print("hint: MODULE is a module name (mypkg.infer), not a file path")
 
 
 commands = [profile_command]

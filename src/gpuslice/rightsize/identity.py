@@ -106,6 +106,11 @@ def load_function(spec: str) -> Callable[..., Any]:
             f"function {spec!r} is not MODULE:FUNC; write e.g. mypkg.infer:predict "
             "(the module as you would import it, a colon, the function's name)"
         )
+    if module_name.endswith(".py") or "/" in module_name:
+        raise UsageError(
+            f"{module_name!r} in {spec!r} is a file path; MODULE is the module's import name "
+            f"(e.g. {Path(module_name).stem}:{attr}, run from the folder that holds it)"
+        )
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
