@@ -137,14 +137,25 @@ def test_arrivals_are_seeded_poisson_streams() -> None:
     assert all(0 <= t < 30 for t, _ in one)
 
 
-def test_baseline_setups_resolve_with_the_same_workers_per_tenant() -> None:
-    setups = baseline_setups({"infer": 3, "heavy": 1}, 81920)
+def test_baseline_setups_have_the_same_workers_shared_or_per_tenant() -> None:
+    setups = {s.name: s for s in baseline_setups({"infer": 3, "heavy": 1}, 81920)}
+    assert set(setups) == {"timeshare", "mps-unlimited", "equal", "mps-unlimited-pools"}
     inventory = discover(FLEET)
-    for setup in setups:
-        layout = resolve(json.dumps(setup.plan), inventory)
-        assert {p.name: len(p.slices) for p in layout.pools} == {"infer": 3, "heavy": 1}
-    equal = resolve(json.dumps(setups[2].plan), inventory)
+    for name in ("timeshare", "mps-unlimited", "equal"):
+        layout = resolve(json.dumps(setups[name].plan), inventory)
+        assert {p.name: len(p.slices) for p in layout.pools} == {"gpu": 4}
+        assert setups[name].routes == {"infer": "gpu", "heavy": "gpu"}
+    equal = resolve(json.dumps(setups["equal"].plan), inventory)
     assert {s.compute for s in equal.slices} == {25}
+    pools = resolve(json.dumps(setups["mps-unlimited-pools"].plan), inventory)
+    assert {p.name: len(p.slices) for p in pools.pools} == {"infer": 3, "heavy": 1}
+    assert all(s.compute is None for s in pools.slices)
+
+
+def test_a_burst_tenant_submits_everything_at_the_start() -> None:
+    tenants = [Tenant("a", funcs.quick, 2.0), Tenant("b", funcs.quick, 3.0, burst=True)]
+    schedule = arrivals(tenants, 10.0, seed=2)
+    assert [t for t, n in schedule if n == "b"] == [0.0] * 30
 
 
 def test_the_tenant_table_has_a_row_per_arrangement() -> None:

@@ -1,18 +1,18 @@
 """Mixed tenants on one GPU: a latency-bound inference function beside a heavy one.
 
-Both tenants send calls as Poisson streams at fixed rates (the same seeded schedule for every
-arrangement), as a FaaS endpoint receives them; each call is timed from submission to result
-(queueing, Parsl and the slice) and inside its slice. An arrangement is a plan with one pool
-per tenant. The comparison (``benchmarks/rightsize_tenants.py``) runs, in one run:
+Each tenant's calls follow a seeded schedule, the same for every arrangement: a Poisson
+stream (an inference endpoint's requests) or a burst submitted at once (a batch of training
+or stencil runs). Each call is timed from submission to result (queueing, Parsl and the
+slice) and inside its slice. The comparison (``benchmarks/rightsize_tenants.py``) runs, in one
+run and with the same number of workers:
 
-- ``timeshare``: each tenant's workers time-share the GPU (no MPS);
-- ``mps-unlimited``: the same workers as MPS clients without limits;
-- ``equal``: the same number of MPS slices, all of equal size;
+- ``timeshare``, ``mps-unlimited``, ``equal``: one pool of N workers shared by both tenants,
+  time-sliced, under MPS without limits, and as N equal MPS slices (what ``gpuslice bench``
+  calls ``timeshare-N``, ``mps-unlimited-N``, ``gpuslice-N``);
+- ``mps-unlimited-pools``: a pool per tenant, MPS without limits (separates the effect of
+  pools from that of limits);
 - ``right-sized``: the plan ``plan suggest`` writes from the tenants' profiles and shares.
 
-Limits matter here: without them the heavy tenant's kernels take the SMs (MPS) or the device's
-time (time-sharing) the inference kernels need, and the inference p95 grows; equal slices
-protect the inference calls but starve the heavy tenant.
 """
 
 from __future__ import annotations
@@ -48,19 +48,22 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Tenant:
-    """One tenant: a function called as a Poisson stream.
+    """One tenant: a function called as a Poisson stream, or as a burst.
 
     Attributes:
-        name: short name, also its pool's name in the baseline arrangements.
+        name: short name, also its pool's name in the per-tenant arrangements.
         function: the function (importable by name).
-        rate_per_s: mean calls per second.
+        rate_per_s: mean calls per second over the run (a burst submits ``rate x duration``
+            calls at the start).
         p95_bound_ms: its latency bound, if any.
+        burst: submit all its calls at once at the start instead of as a Poisson stream.
     """
 
     name: str
     function: Callable[..., Any]
     rate_per_s: float
     p95_bound_ms: float | None = None
+    burst: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,16 @@ class TenantRun:
 def arrivals(
     tenants: Sequence[Tenant], duration_s: float, seed: int = 11
 ) -> list[tuple[float, str]]:
-    """A seeded schedule of (seconds from start, tenant) for Poisson streams over ``duration_s``."""
+    """A seeded schedule of (seconds from start, tenant) over ``duration_s``.
+
+    A Poisson stream per tenant, or for a burst tenant ``round(rate x duration)`` calls at 0.
+    """
     rng = random.Random(seed)
     schedule: list[tuple[float, str]] = []
     for tenant in tenants:
+        if tenant.burst:
+            schedule += [(0.0, tenant.name)] * round(tenant.rate_per_s * duration_s)
+            continue
         t = rng.expovariate(tenant.rate_per_s)
         while t < duration_s:
             schedule.append((t, tenant.name))
@@ -144,41 +153,49 @@ def arrivals(
 
 
 def baseline_setups(counts: dict[str, int], memory_mib: int, gpu: int = 0) -> list[Setup]:
-    """Time-sharing, MPS without limits and equal slices, with ``counts`` workers per tenant."""
+    """The arrangements the right-sized plan is compared with, with the same workers in all.
+
+    Args:
+        counts: workers per tenant (the right-sized plan's slices); the shared arrangements
+            get their sum in one pool.
+        memory_mib: the GPU's memory (equal slices get an equal share).
+        gpu: the GPU index.
+    """
     total = sum(counts.values())
+    shared = dict.fromkeys(counts, "gpu")
     equal = {"compute": max(1, 100 // total), "memory": f"{memory_mib // total}MiB"}
-    routes = {name: name for name in counts}
+
+    def one_pool(kind: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"version": 1, "gpus": [gpu], **extra, "pools": {"gpu": {**kind, "per_gpu": total}}}
+
     return [
         Setup(
-            "timeshare",
-            "time-sharing (no MPS)",
-            {
-                "version": 1,
-                "gpus": [gpu],
-                "pools": {n: {"share": {}, "per_gpu": k} for n, k in counts.items()},
-            },
-            routes,
+            "timeshare", f"{total} workers time-sliced, one pool", one_pool({"share": {}}), shared
         ),
         Setup(
             "mps-unlimited",
-            "MPS without limits",
+            f"{total} MPS workers without limits, one pool",
+            one_pool({"mps": {}}, oversubscribe=True),
+            shared,
+        ),
+        Setup(
+            "equal",
+            f"{total} equal slices of {equal['compute']}%, one pool",
+            one_pool({"mps": equal}),
+            shared,
+        ),
+        Setup(
+            "mps-unlimited-pools",
+            "MPS without limits, a pool per tenant ("
+            + ", ".join(f"{n} {k}" for n, k in counts.items())
+            + ")",
             {
                 "version": 1,
                 "gpus": [gpu],
                 "oversubscribe": True,
                 "pools": {n: {"mps": {}, "per_gpu": k} for n, k in counts.items()},
             },
-            routes,
-        ),
-        Setup(
-            "equal",
-            f"equal slices ({total} x {equal['compute']}%)",
-            {
-                "version": 1,
-                "gpus": [gpu],
-                "pools": {n: {"mps": dict(equal), "per_gpu": k} for n, k in counts.items()},
-            },
-            routes,
+            {n: n for n in counts},
         ),
     ]
 
@@ -227,9 +244,10 @@ def run_setup(
             for t in tenants
         }
         warm: list[Future[Any]] = []
-        for t in tenants:
-            slots = len(layout.pool(setup.routes[t.name]).slices)
-            warm += [apps[t.name](t.function, [], {}) for _ in range(2 * slots)]
+        for pool in {setup.routes[t.name] for t in tenants}:
+            tenant = next(t for t in tenants if setup.routes[t.name] == pool)
+            slots = len(layout.pool(pool).slices)
+            warm += [apps[tenant.name](tenant.function, [], {}) for _ in range(2 * slots)]
         for future in warm:
             future.result()
 
