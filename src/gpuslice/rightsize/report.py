@@ -133,16 +133,30 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
         if rec.kind == "mps"
         else f"chosen: {rec.per_gpu} x MIG {rec.mig_profile} (predicted)"
     )
-    left.axvline(rec.compute, color="#5aa469", linewidth=1.5, label=label)
+    left.axvline(rec.compute, color="#5aa469", linewidth=1.2, linestyle="-", alpha=0.7)
+    left.plot(
+        [rec.compute],
+        [rec.tasks_per_s_per_gpu],
+        marker="*",
+        markersize=16,
+        color="#5aa469",
+        linestyle="none",
+        label=label,
+    )
+    from matplotlib.ticker import NullFormatter
+
     left.set_xscale("log")
-    left.set_xticks(sorted(set(xs)), [f"{x}%" for x in sorted(set(xs))])
+    ticks = sorted({*xs, rec.compute})
+    left.set_xticks(ticks, [f"{x}%" for x in ticks])
+    left.xaxis.set_minor_formatter(NullFormatter())
+    left.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
     left.set_xlabel("slice size (MPS compute %), GPU filled with such slices")
     left.set_ylabel("tasks per second per GPU")
     right.set_ylabel("latency in the slice, ms (p95 dashed, p50 dotted)")
-    left.set_ylim(bottom=0)
-    right.set_ylim(bottom=0)
+    left.set_ylim(bottom=0, top=max(p.tasks_per_s_per_gpu for p in points) * 1.35)
+    right.set_ylim(bottom=0, top=max(p.p95_high_ms for p in points) * 1.35)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    left.legend(handles=handles, fontsize=8, loc="upper right")
+    left.legend(handles=handles, fontsize=7, loc="upper center", ncol=3, frameon=False)
     name = profile.function.split(":")[-1]
     fig.suptitle(
         f"{name} on {profile.gpu_model}{' (emulated)' if profile.emulated else ''}", fontsize=10
