@@ -99,3 +99,12 @@ def test_pool_names_are_valid_labels_and_unique() -> None:
     assert pool_name("pkg.mod:Model.predict", taken) == "predict"
     assert pool_name("other:predict", taken) == "predict-2"
     assert pool_name("m:_private", taken) == "f_private"
+
+
+def test_equal_throughput_goes_to_fewer_larger_slices() -> None:
+    # alpha alone: one 100% slice (132 SMs) and two 50% slices (2 x 66 SMs) give the same
+    # 10 calls/s; the plan takes the one slice (lower latency, fewer MPS clients).
+    suggestion = suggest_plan([_compute_bound()])  # type: ignore[list-item]
+    (alpha,) = suggestion.pools
+    assert (alpha.per_gpu, alpha.compute) == (1, 100)
+    assert suggestion.tasks_per_s_per_gpu == pytest.approx(10.0)

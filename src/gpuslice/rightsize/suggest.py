@@ -42,6 +42,8 @@ from gpuslice.sizes import format_mib
 __all__ = ["PoolChoice", "Suggestion", "pool_name", "suggest_plan"]
 
 _BISECTION_STEPS = 50
+#: Percentage points of the GPU a packing may spend over the least to use fewer slices.
+FEWER_SLICES_SLACK = 3
 
 
 @dataclass(frozen=True)
@@ -183,23 +185,27 @@ def _model(profile: Profile, share: float, bound: float | None) -> _Model:
 
 
 def _cheapest(model: _Model, need: float, max_n: int) -> tuple[int, int] | None:
-    """(slices, percent) of least total compute giving ``need`` calls/s, fewest slices on ties."""
-    best: tuple[int, int, int] | None = None
+    """(slices, percent) giving ``need`` calls/s with the least compute, within a tolerance.
+
+    Among packings whose total percentage is within :data:`FEWER_SLICES_SLACK` points of the
+    least, the one with the fewest (so the largest) slices: equal throughput, lower latency,
+    fewer MPS clients and less memory (the knee, again).
+    """
+    options: list[tuple[int, int]] = []
     known = [(c, r) for c, r in enumerate(model.rate) if r is not None]
     percents = [c for c, _ in known]
     rates = [r for _, r in known]
     for n in range(1, max_n + 1):
-        per_slice = need / n
-        i = bisect.bisect_left(rates, per_slice)
+        i = bisect.bisect_left(rates, need / n)
         if i == len(rates):
             continue
         c = percents[i]
-        if n * c > 100:
-            continue
-        key = (n * c, n, c)
-        if best is None or key < best:
-            best = key
-    return (best[1], best[2]) if best is not None else None
+        if n * c <= 100:
+            options.append((n, c))
+    if not options:
+        return None
+    least = min(n * c for n, c in options)
+    return min((n, c) for n, c in options if n * c <= least + FEWER_SLICES_SLACK)
 
 
 def _pack(
