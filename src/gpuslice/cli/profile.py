@@ -49,6 +49,8 @@ def progress_events(out: Console, enabled: bool = True) -> Iterator[Callable[[An
                 progress.update(task, description=event.message)
             elif event.kind == "measured":
                 out.print(f"  {event.message}")
+            elif event.kind == "retry":
+                out.print(f"  [yellow]retry[/]: {event.message}")
 
         yield on_event
 

@@ -156,14 +156,17 @@ class Prober:
         layout = resolve(json.dumps(plan), self.inventory)
         root = module_root(self.func)
         init = f'export PYTHONPATH={json.dumps(root)}:"$PYTHONPATH"' if root else ""
+        # The block is launched here, not by Parsl's status poller (init_blocks=0): a poller
+        # thread that died on another executor's failure would leave this one without workers.
         provider = LocalProvider(  # type: ignore[no-untyped-call]
-            init_blocks=1, min_blocks=0, max_blocks=1, worker_init=init
+            init_blocks=0, min_blocks=0, max_blocks=1, worker_init=init
         )
         executor = pool_executor(layout, layout.pools[0], provider=provider, fleet=self.fleet)
         if layout.emulated:
             register_emulated_devices(layout)
         self._pipe_dirs.update(d.pipe_dir for d in layout.daemons)
         self._dfk.add_executors([executor])
+        executor.scale_out_facade(1)
         return label, executor
 
     def _warm_up(self, label: str, size: Size, errors: list[str]) -> None:
@@ -179,6 +182,8 @@ class Prober:
             ProbeError: workers still could not enter their slices after
                 :data:`WARM_START_FAILURES` failures or :data:`WARM_TIMEOUT_S` seconds.
         """
+        from parsl.executors.errors import BadStateException
+
         from gpuslice.parsl.app import gpu_app
 
         hold = gpu_app(pool=label, data_flow_kernel=self._dfk)(held_call)
@@ -200,6 +205,11 @@ class Prober:
                         future.result()
                     except (MpsError, SliceCheckError) as err:
                         failures.append(err)
+                    except BadStateException as err:  # the block did not start (worker_init)
+                        raise ProbeError(
+                            f"the workers of {size.per_gpu} slice(s) of {size.compute}% did not "
+                            f"start: {err}"
+                        ) from err
                     except Exception as err:  # the function failed: a measurement
                         errors.append(f"{type(err).__name__}: {err}")
                         return

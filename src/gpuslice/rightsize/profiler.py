@@ -31,12 +31,15 @@ from gpuslice.hardware.inventory import Gpu, Inventory, discover
 from gpuslice.rightsize.choice import feasible, memory_cap_mib, recommend
 from gpuslice.rightsize.identity import Call, function_id
 from gpuslice.rightsize.measure import Point
-from gpuslice.rightsize.probe import FILLED_SAMPLES, Prober
+from gpuslice.rightsize.probe import FILLED_SAMPLES, ProbeError, Prober
 from gpuslice.rightsize.profile import Profile
 from gpuslice.rightsize.search import Size, candidate_sizes, next_count
 from gpuslice.rightsize.store import Lookup, ProfileStore
 
 __all__ = ["Event", "ProfileError", "default_max_per_gpu", "gpu_model_name", "profile"]
+
+#: Seconds to wait before measuring a size again whose workers did not start.
+RETRY_PAUSE_S = 20.0
 
 
 class ProfileError(GpusliceError):
@@ -48,8 +51,8 @@ class Event:
     """Progress of a profiling run, for a progress display.
 
     Attributes:
-        kind: ``store`` (the store was asked), ``measuring`` (a size starts), ``measured``
-            (a size is done), ``done``.
+        kind: ``store`` (the store was asked), ``measuring`` (a size starts), ``retry`` (its
+            workers did not start; once more), ``measured`` (a size is done), ``done``.
         message: one line for people.
         size: the size concerned, for ``measuring`` and ``measured``.
         point: the measured point, for ``measured``.
@@ -213,7 +216,12 @@ def _run(
 
         def measure(size: Size, memory_mib: int | None) -> Point:
             emit(Event("measuring", f"measuring {_describe(size, memory_mib)}", size=size))
-            point = prober.measure(size, memory_mib)
+            try:
+                point = prober.measure(size, memory_mib)
+            except ProbeError as err:  # workers did not start: once more, after a pause
+                emit(Event("retry", f"{err}; trying this size once more", size=size))
+                time.sleep(RETRY_PAUSE_S)
+                point = prober.measure(size, memory_mib)
             points[size.per_gpu] = point
             order.append(size.per_gpu)
             if point.failed and not point.samples:
