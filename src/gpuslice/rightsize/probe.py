@@ -249,6 +249,8 @@ class Prober:
         """
         if self._dfk is None:
             raise UsageError("Prober.measure runs inside `with Prober(...) as prober:`")
+        from parsl.executors.errors import BadStateException
+
         from gpuslice.parsl.app import gpu_app
 
         started = time.perf_counter()
@@ -264,7 +266,7 @@ class Prober:
             for future in futures:
                 try:
                     done.append(Sample.from_dict(future.result()))
-                except (MpsError, SliceCheckError) as err:  # the worker is not in its slice
+                except (MpsError, SliceCheckError, BadStateException) as err:  # not in its slice
                     start_failures.append(err)
                 except Exception as err:  # the function failed: a measurement, not a crash
                     errors.append(f"{type(err).__name__}: {err}")
