@@ -42,8 +42,8 @@ FLEET = HERE.parent / "src" / "gpuslice" / "examples" / "fleet-1xh100.yaml"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", default=str(FLEET), help="fleet file (emulated GPU)")
-    parser.add_argument("--infer-rate", type=float, default=12.0, help="inference calls per s")
-    parser.add_argument("--heavy-rate", type=float, default=3.0, help="heavy calls per s (burst)")
+    parser.add_argument("--infer-rate", type=float, default=8.0, help="inference calls per s")
+    parser.add_argument("--heavy-rate", type=float, default=2.0, help="heavy calls per s (burst)")
     parser.add_argument("--p95-ms", type=float, default=150.0, help="inference p95 bound, ms")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")
     parser.add_argument("--max-per-gpu", type=int, default=16, help="most slices when profiling")
