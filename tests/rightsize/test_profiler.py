@@ -52,3 +52,18 @@ def test_memory_decides_how_many_slices_are_tried(emulated: Path) -> None:
 def test_a_function_that_always_fails_is_a_profile_error(emulated: Path) -> None:
     with pytest.raises(ProfileError, match="failed with the whole GPU to itself: RuntimeError"):
         profile(funcs.broken, fleet=FLEET, max_per_gpu=2, samples=4, store=False)
+
+
+def test_a_larger_slice_slower_than_a_smaller_one_is_suspect() -> None:
+    from gpuslice.rightsize.profiler import _slower_than_a_smaller_slice
+    from tests.rightsize.helpers import point
+
+    small = point(12, 8, 10, p50=180.0)  # p95 198 (1.1 x)
+    fine = point(3, 33, 42, p50=47.0)
+    stalled = point(3, 33, 42, p50=80.0, p95=254.0)
+    assert _slower_than_a_smaller_slice(fine, [small, fine]) is None
+    reason = _slower_than_a_smaller_slice(stalled, [small, stalled])
+    assert reason is not None
+    assert "p95 latency 254.0 ms is above that of 12 slice(s) of 10 SMs (198.0 ms)" in reason
+    # within 10%: not suspect
+    assert _slower_than_a_smaller_slice(point(3, 33, 42, p50=190.0, p95=200.0), [small]) is None

@@ -13,9 +13,9 @@ so nothing scales the block back out.
 
 Per size (:meth:`Prober.measure`):
 
-1. warm-up: one call in every worker (imports, CUDA context, model load), not timed; at
-   most a few first calls at once (:meth:`Prober._warm_up`), and a worker whose slice check
-   failed gets another call (its check runs again);
+1. warm-up: one call in every worker (imports, CUDA context, model load), not timed; a worker
+   whose slice check failed gets another call (its check runs again), and from then on only a
+   few first calls run at once (:meth:`Prober._warm_up`);
 2. alone: a few calls one after another, the rest of the GPU idle (``Point.alone_ms``);
 3. filled: ``rounds x n`` calls submitted at once, so every slice is busy and co-located
    slices interfere as they would in production; their times and the window in which all
@@ -49,8 +49,8 @@ __all__ = ["ALONE_CALLS", "FILLED_SAMPLES", "ProbeError", "Prober"]
 ALONE_CALLS = 3
 #: At least this many calls are timed with the GPU filled (two rounds at the least).
 FILLED_SAMPLES = 24
-#: First calls started at once during warm-up (each checks its slice; many at once overload
-#: a small host's MPS control program).
+#: First calls started at once during warm-up once a slice check has failed (each checks its
+#: slice; many at once overload a small host's MPS control program). Before that, all at once.
 WARM_AT_ONCE = 4
 #: Failed slice checks during one size's warm-up before giving up.
 WARM_START_FAILURES = 24
@@ -170,7 +170,7 @@ class Prober:
         return label, executor
 
     def _warm_up(self, label: str, size: Size, errors: list[str]) -> None:
-        """Run one call in every worker, starting at most :data:`WARM_AT_ONCE` first calls at once.
+        """Run one call in every worker; after a failed slice check, :data:`WARM_AT_ONCE` at a time.
 
         Each warm-up call holds its worker at a gate once it has run (:func:`held_call`), so
         every new call reaches a worker that has not run yet. A worker whose slice check
@@ -222,7 +222,8 @@ class Prober:
                         "heavily loaded host, profile with fewer slices (--max-per-gpu)"
                     )
                 starting = len(running) - ready
-                while starting < WARM_AT_ONCE and len(running) < size.per_gpu:
+                at_once = WARM_AT_ONCE if failures else size.per_gpu
+                while starting < at_once and len(running) < size.per_gpu:
                     future = hold(self.func, args, kwargs, str(gate), WARM_TIMEOUT_S)
                     pending.append(future)
                     running.append(future)

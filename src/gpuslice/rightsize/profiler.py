@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +37,30 @@ from gpuslice.rightsize.search import Size, candidate_sizes, next_count
 from gpuslice.rightsize.store import Lookup, ProfileStore
 
 __all__ = ["Event", "ProfileError", "default_max_per_gpu", "gpu_model_name", "profile"]
+
+#: A larger slice whose mean or p95 latency exceeds a smaller slice's by more than this is
+#: measured again (once): more SMs are never slower, so one of the two met a host stall.
+CONSISTENCY_TOLERANCE = 0.10
+
+
+def _slower_than_a_smaller_slice(point: Point, others: Iterable[Point]) -> str | None:
+    """Why ``point`` looks disturbed (slower than a slice with fewer SMs), or None."""
+    if not point.samples:
+        return None
+    for other in others:
+        if other is point or not other.samples or other.sms >= point.sms:
+            continue
+        for what, mine, theirs in (
+            ("mean", point.mean_ms, other.mean_ms),
+            ("p95", point.p95_ms, other.p95_ms),
+        ):
+            if mine > theirs * (1.0 + CONSISTENCY_TOLERANCE):
+                return (
+                    f"its {what} latency {mine:.1f} ms is above that of {other.per_gpu} "
+                    f"slice(s) of {other.sms} SMs ({theirs:.1f} ms)"
+                )
+    return None
+
 
 #: Seconds to wait before measuring a size again whose workers did not start.
 RETRY_PAUSE_S = 20.0
@@ -210,6 +234,8 @@ def _run(
     started = time.perf_counter()
     points: dict[int, Point] = {}
     order: list[int] = []
+    remeasured: set[int] = set()
+    cap: int | None = None
     with Prober(
         func, call, inventory, gpu=device.index, fleet=fleet, run_dir=run_dir, samples=samples
     ) as prober:
@@ -233,6 +259,17 @@ def _run(
                 )
             emit(Event("measured", text, size=size, point=point))
             return point
+
+        def check() -> None:
+            """Measure again, once, each size slower than a smaller slice (a host stall)."""
+            for n in sorted(points):
+                suspect = _slower_than_a_smaller_slice(points[n], points.values())
+                if suspect and n not in remeasured and n in by_count:
+                    remeasured.add(n)
+                    size = by_count[n]
+                    limit = cap if n > 1 else None
+                    emit(Event("retry", f"{_describe(size, limit)}: {suspect}; measuring again"))
+                    measure(size, limit)
 
         whole = candidate_sizes(device.sm_count, 1)[0]
         first = measure(whole, None)
@@ -264,6 +301,7 @@ def _run(
             if step is None:
                 break
             measure(by_count[step], cap)
+            check()
     elapsed = time.perf_counter() - started
     ordered = tuple(points[n] for n in sorted(points))
     try:
