@@ -150,35 +150,46 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(2, (len(rows) + 1) // 2, figsize=(3.2 * ((len(rows) + 1) // 2), 6.0))
+    columns = (len(rows) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.0))
     for axis, r in zip(axes.flat, rows, strict=False):
+        bound = r["shape"]["p95_ms"]
         sweep = [p for p in r["sweep"]["points"] if p["samples"]]
         search = [p for p in r["search"]["points"] if p["samples"]]
         axis.plot(
             [p["compute"] for p in sweep],
             [p["tasks_per_s_per_gpu"] for p in sweep],
-            "o-",
+            "-",
             color="#888",
-            label="sweep",
         )
-        axis.plot(
-            [p["compute"] for p in search],
-            [p["tasks_per_s_per_gpu"] for p in search],
-            "x",
-            color="#2f7ab9",
-            markersize=9,
-            label="search",
-        )
+        ok = [p for p in sweep if bound is None or p["p95_ms"] <= bound]
+        over = [p for p in sweep if bound is not None and p["p95_ms"] > bound]
+        axis.plot([p["compute"] for p in ok], [p["tasks_per_s_per_gpu"] for p in ok], "o",
+                  color="#888", label="sweep")  # fmt: skip
+        axis.plot([p["compute"] for p in over], [p["tasks_per_s_per_gpu"] for p in over], "o",
+                  mfc="none", color="#888", label="sweep, over the p95 bound")  # fmt: skip
+        axis.plot([p["compute"] for p in search], [p["tasks_per_s_per_gpu"] for p in search],
+                  "x", color="#2f7ab9", markersize=9, label="search")  # fmt: skip
         axis.axvline(r["search"]["recommended"]["compute"], color="#5aa469", label="recommended")
         axis.set_xscale("log")
-        axis.set_title(r["function"], fontsize=9)
+        ticks = [2, 5, 10, 20, 50, 100]
+        axis.set_xticks(ticks, [f"{t}%" for t in ticks])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_title(r["function"] + (f" (p95 <= {bound:g} ms)" if bound else ""), fontsize=9)
         axis.set_xlabel("compute %", fontsize=8)
         axis.tick_params(labelsize=7)
     axes.flat[0].set_ylabel("tasks/s per GPU (filled)")
-    axes.flat[0].legend(fontsize=7)
+    handles, labels = [], []
+    for axis in axes.flat:
+        for h, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
     for axis in list(axes.flat)[len(rows) :]:
         axis.axis("off")
+        axis.legend(handles, labels, fontsize=8, loc="center")
     fig.suptitle("knee search vs exhaustive sweep (emulated H100)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -194,7 +205,13 @@ def main() -> int:
     parser.add_argument("--max-per-gpu", type=int, default=16, help="most slices per GPU")
     parser.add_argument("--samples", type=int, default=24, help="timed calls per size, GPU filled")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "rightsize_sweep.json")
+    parser.add_argument("--replot", action="store_true", help="redraw .md/.png from --out")
     args = parser.parse_args()
+    if args.replot:
+        rows = json.loads(args.out.read_text())["functions"]
+        args.out.with_suffix(".md").write_text(_markdown(rows))
+        _plot(rows, args.out.with_suffix(".png"))
+        return 0
 
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="gsrs-"))
     os.environ.setdefault("GPUSLICE_EMULATE_DIR", str(scratch / "emu"))
