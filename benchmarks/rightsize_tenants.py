@@ -39,6 +39,25 @@ HERE = Path(__file__).resolve().parent
 FLEET = HERE.parent / "src" / "gpuslice" / "examples" / "fleet-1xh100.yaml"
 
 
+def _title(data: dict[str, Any]) -> str:
+    infer, heavy = data["tenants"]
+    return (
+        f"LLM inference ({infer['rate_per_s']:g}/s, p95 bound {infer['p95_bound_ms']:g} ms) beside "
+        f"a batch of {round(heavy['rate_per_s'] * data['duration_s'])} stencils on one "
+        f"{data['device']}"
+    )
+
+
+def _replot(out: Path) -> int:
+    from gpuslice.bench.tenants import TenantRun, markdown_table, plot_runs
+
+    data = json.loads(out.read_text())
+    runs = [TenantRun.from_dict(r) for r in data["runs"]]
+    out.with_suffix(".md").write_text(markdown_table(runs, "infer", "heavy"))
+    plot_runs(runs, "infer", "heavy", str(out.with_suffix(".png")), _title(data))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", default=str(FLEET), help="fleet file (emulated GPU)")
@@ -49,7 +68,10 @@ def main() -> int:
     parser.add_argument("--max-per-gpu", type=int, default=16, help="most slices when profiling")
     parser.add_argument("--seed", type=int, default=11, help="arrival schedule seed")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "rightsize_tenants.json")
+    parser.add_argument("--replot", action="store_true", help="redraw .md/.png from --out")
     args = parser.parse_args()
+    if args.replot:
+        return _replot(args.out)
 
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="gsrt-"))
     os.environ.setdefault("GPUSLICE_EMULATE_DIR", str(scratch / "emu"))
@@ -163,15 +185,7 @@ def main() -> int:
     args.out.with_suffix(".yaml").write_text(suggestion.yaml)
     table = markdown_table(runs, "infer", "heavy")
     args.out.with_suffix(".md").write_text(table)
-    plot_runs(
-        runs,
-        "infer",
-        "heavy",
-        str(args.out.with_suffix(".png")),
-        f"LLM inference ({args.infer_rate:g}/s, p95 bound {args.p95_ms:g} ms) beside a batch of "
-        f"{round(args.heavy_rate * args.duration)} stencils on one {inventory.gpus[0].name}"
-        + (" (emulated)" if inventory.emulated else ""),
-    )
+    plot_runs(runs, "infer", "heavy", str(args.out.with_suffix(".png")), _title(data))
     print(table)
     return 0
 

@@ -161,6 +161,7 @@ def test_a_burst_tenant_submits_everything_at_the_start() -> None:
 def test_the_tenant_table_has_a_row_per_arrangement() -> None:
     stats = TenantStats(10, 10, 0, 100.0, 150.0, 90.0, 120.0, 5.0)
     run = TenantRun("equal", "equal slices", {}, 4, 2.0, 10.0, {"infer": stats, "heavy": stats}, [])
+    assert TenantRun.from_dict(run.to_dict()) == run
     table = markdown_table([run], "infer", "heavy")
     assert (
         "| equal slices (`equal`) | 4 | 100 | 150 | 120 | 5.00 | 5.00 | 150 | 10.00 | 0 |" in table

@@ -132,6 +132,12 @@ class TenantRun:
         """Plain JSON."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TenantRun:
+        """From :meth:`to_dict`."""
+        tenants = {k: TenantStats(**v) for k, v in data["tenants"].items()}
+        return cls(**{**data, "tenants": tenants})
+
 
 def arrivals(
     tenants: Sequence[Tenant], duration_s: float, seed: int = 11
@@ -342,32 +348,29 @@ def markdown_table(runs: Sequence[TenantRun], inference: str, heavy: str) -> str
 
 
 def plot_runs(runs: Sequence[TenantRun], inference: str, heavy: str, path: str, title: str) -> None:
-    """Inference p95 and throughput per arrangement, side by side."""
+    """The inference tenant's p95 and the heavy tenant's throughput per arrangement."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [r.name for r in runs]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.8))
-    left.bar(names, [r.tenants[inference].p95_ms for r in runs], color="#d1605e")
-    left.set_ylabel("ms, submission to result")
-    left.set_title(f"{inference}: p95 latency (lower is better)")
-    right.bar(
-        names, [r.tenants[inference].tasks_per_s for r in runs], label=inference, color="#2f7ab9"
-    )
-    right.bar(
-        names,
-        [r.tenants[heavy].tasks_per_s for r in runs],
-        bottom=[r.tenants[inference].tasks_per_s for r in runs],
-        label=heavy,
-        color="#e39c3a",
-    )
-    right.set_ylabel("completed tasks per second")
-    right.set_title("throughput (higher is better)")
-    right.legend(fontsize=8)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.2))
+    p95 = [r.tenants[inference].p95_ms for r in runs]
+    left.bar(names, p95, color="#d1605e")
+    left.set_yscale("log")
+    for x, value in enumerate(p95):
+        left.annotate(f"{value:.0f}", (x, value), ha="center", va="bottom", fontsize=8)
+    left.set_ylabel("ms, submission to result (log scale)")
+    left.set_title(f"{inference}: p95 latency (lower is better)", fontsize=10)
+    rates = [r.tenants[heavy].tasks_per_s for r in runs]
+    right.bar(names, rates, color="#e39c3a")
+    for x, value in enumerate(rates):
+        right.annotate(f"{value:.2f}", (x, value), ha="center", va="bottom", fontsize=8)
+    right.set_ylabel("calls per second until its last result")
+    right.set_title(f"{heavy}: throughput of the batch (higher is better)", fontsize=10)
     for axis in (left, right):
-        axis.tick_params(axis="x", rotation=20)
+        axis.tick_params(axis="x", rotation=25, labelsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
