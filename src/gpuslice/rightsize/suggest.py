@@ -8,10 +8,14 @@ and the packing maximises ``X`` subject to: percentages summing to at most 100, 
 summing to at most the GPU's memory, at most the MPS client limit of slices, and every pool's
 p95 within its function's bound.
 
-``r_i(c)`` between measured sizes: the profile measured the time per call of one slice at a
-few SM counts (with the GPU filled with such slices); in between it is interpolated linearly
-in ``1 / sms`` (the Amdahl form, see :mod:`gpuslice.rightsize.search`); below the smallest
-measured slice it is not extrapolated (such slices are not used). It assumes a slice's rate
+``r_i(c)`` between measured sizes: the profile measured, at a few SM counts and with the GPU
+filled with such slices, the calls one slice delivered through Parsl (``tasks_per_s_observed``
+over the slices: the time from one call's end to the next call's start in a worker included,
+because a pool's calls pay it; on a loaded host it is tens of milliseconds, and a pool of few,
+large slices with short calls loses most to it). In between it is interpolated linearly in
+``1 / sms`` (the Amdahl form, see :mod:`gpuslice.rightsize.search`); below the smallest
+measured slice it is not extrapolated (such slices are not used). The p95 is the call's own,
+inside the slice, as the bound is. It assumes a slice's rate
 depends on its own size, not on which functions share the GPU: true of SMs under MPS
 limits that sum to at most 100%, not of memory bandwidth or caches, which the profile measured
 only among slices of the same function.
@@ -36,6 +40,7 @@ from gpuslice.errors import UsageError
 from gpuslice.hardware.catalog import MODELS, MPS_MAX_CLIENTS
 from gpuslice.mps.limits import visible_sm_count
 from gpuslice.rightsize.choice import memory_cap_mib
+from gpuslice.rightsize.measure import Point
 from gpuslice.rightsize.profile import Profile
 from gpuslice.sizes import format_mib
 
@@ -143,11 +148,18 @@ def _interpolate(x: float, known: Sequence[tuple[float, float]]) -> float | None
     return None
 
 
+def _delivered(point: Point) -> float:
+    """Calls per second per GPU a pool of this size delivered through Parsl (gaps included)."""
+    return (
+        point.tasks_per_s_observed if point.tasks_per_s_observed > 0 else point.tasks_per_s_per_gpu
+    )
+
+
 def _model(profile: Profile, share: float, bound: float | None) -> _Model:
     usable = [p for p in profile.points if p.samples and not p.failed]
     if not usable:
         raise UsageError(f"the profile of {profile.function} has no successful measurement")
-    seconds = sorted((1.0 / p.sms, p.per_gpu / p.tasks_per_s_per_gpu) for p in usable)
+    seconds = sorted((1.0 / p.sms, p.per_gpu / _delivered(p)) for p in usable)
     tails = sorted((1.0 / p.sms, p.p95_ms) for p in usable)
     by_sms = {p.sms: p for p in usable}
     rate: list[float | None] = [None] * 101
