@@ -6,6 +6,8 @@
 (d) ``gpuslice-N``: N MPS slices per GPU, each with 100/N % of the SMs and 1/N of the memory
     the planner leaves after its per-context reserve.
 (e) ``batched-N``: one worker per GPU running N tasks' work as one batched call (the ceiling).
+``suggested[-MIX]``: the plan ``gpuslice plan suggest`` writes for the mix from stored profiles
+(:mod:`gpuslice.bench.suggested`).
 """
 
 from __future__ import annotations
@@ -138,5 +140,9 @@ def by_name(name: str, memory_mib: int) -> Arrangement:
     family, _, count = name.rpartition("-")
     if family in COUNTED and count.isdigit() and int(count) >= 1:
         return COUNTED[family](int(count), memory_mib)
-    choices = ", ".join([*SINGLE, *(f"{family}-N" for family in COUNTED)])
+    if name == "suggested" or name.startswith("suggested-"):
+        from gpuslice.bench.suggested import suggested  # right-sizing: plan suggest's plan
+
+        return suggested(name, memory_mib)
+    choices = ", ".join([*SINGLE, *(f"{family}-N" for family in COUNTED), "suggested[-MIX]"])
     raise ValueError(f"unknown arrangement {name!r}; use one of {choices}")

@@ -50,7 +50,10 @@ def _register() -> None:
     cli.add_command(hardware.gpus)
     cli.add_command(plans.plan)
     cli.add_command(plans.env)
-    for module_name in ("mps", "mig", "run", "workflows", "node"):
+    from gpuslice.cli.suggest import suggest
+
+    plans.plan.add_command(suggest)
+    for module_name in ("mps", "mig", "run", "workflows", "node", "profile"):
         try:
             module = __import__(f"gpuslice.cli.{module_name}", fromlist=["commands"])
         except ImportError:  # pragma: no cover - a verb group under construction

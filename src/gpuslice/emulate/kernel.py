@@ -86,8 +86,10 @@ __all__ = [
     "mps_connection",
     "parse_active_thread_percentage",
     "parse_pinned_mem_limit",
+    "peak_memory_mib",
     "register_devices",
     "registered_devices",
+    "reset_peak_memory",
     "visible_sm_count",
 ]
 
@@ -632,6 +634,7 @@ def _admit(
             )
             if verdict is not None:
                 raise CudaOutOfMemoryError(verdict.message(), memory_mib, verdict.free_mib)
+            _note_held(memory_mib + sum(r.memory_mib for r in others if r.pid == pid))
         path = directory / f"{pid}-{threading.get_ident()}-{next(_SEQUENCE)}.json"
         record = {
             "pid": pid,
@@ -756,3 +759,32 @@ def kernel(
         bandwidth=task_bandwidth,
         lag_ms=(end - model_end) * 1000.0,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory of this process (what the right-sizing profiler reads, as torch's
+# torch.cuda.max_memory_allocated / reset_peak_memory_stats on a real GPU)
+
+_PEAK_LOCK = threading.Lock()
+_PEAK_MIB = {"held": 0}
+
+
+def _note_held(mib: int) -> None:
+    with _PEAK_LOCK:
+        _PEAK_MIB["held"] = max(_PEAK_MIB["held"], mib)
+
+
+def peak_memory_mib() -> int:
+    """Most device memory this process's emulated kernels held at once since the last reset.
+
+    The emulated counterpart of ``torch.cuda.max_memory_allocated``: the sum of the ``memory``
+    of this process's kernels running at the same time, at its highest. 0 before any kernel.
+    """
+    with _PEAK_LOCK:
+        return _PEAK_MIB["held"]
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak (as ``torch.cuda.reset_peak_memory_stats`` does)."""
+    with _PEAK_LOCK:
+        _PEAK_MIB["held"] = 0

@@ -120,7 +120,12 @@ class GpuApp(Generic[P, R]):
         bound = self._bound
         if bound is not None and bound[0]() is dfk:
             return bound[2]
-        label = _choose(self.pool, dfk, self.func.__name__)
+        if self.pool == "auto":  # right-sizing: the pool the function's profile recommends
+            from gpuslice.rightsize.route import auto_pool
+
+            label = auto_pool(self.func, dfk)
+        else:
+            label = _choose(self.pool, dfk, self.func.__name__)
         app = PythonApp(  # type: ignore[no-untyped-call]
             self.func,
             data_flow_kernel=dfk,

@@ -211,8 +211,13 @@ def _default_provider() -> ExecutionProvider:
     return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)  # type: ignore[no-untyped-call]
 
 
-def pool_executor(pool: PoolLayout, group: NodeGroup, **htex_options: Any) -> SliceExecutor:
+def pool_executor(
+    pool: PoolLayout, group: NodeGroup, layout: Layout | None = None, **htex_options: Any
+) -> SliceExecutor:
     """The executor of one pool, its blocks submitted through ``group``.
+
+    ``layout`` (the resolved layout the pool belongs to) is kept on the executor for
+    ``gpu_app(pool="auto")``.
 
     Raises:
         UsageError: ``htex_options`` sets what the layout decides.
@@ -232,6 +237,7 @@ def pool_executor(pool: PoolLayout, group: NodeGroup, **htex_options: Any) -> Sl
     options.update(htex_options)
     executor = SliceExecutor(
         pool=pool.name,
+        layout=layout,
         label=pool.name,
         provider=group.view(pool.name),
         available_accelerators=[f"{SLOT_PREFIX}{s.rank}" for s in pool.slices],
@@ -322,7 +328,7 @@ def parsl_config(
         keep_daemons=keep_daemons,
     )
     group = NodeGroup(base, spec, [gpuslice_command(), "node-run"])
-    executors = [pool_executor(pool, group, **htex_options) for pool in layout.pools]
+    executors = [pool_executor(pool, group, layout, **htex_options) for pool in layout.pools]
     if spec.emulated:
         register_emulated_devices(layout)
     return Config(

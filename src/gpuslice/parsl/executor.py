@@ -16,16 +16,20 @@ interface Parsl documents:
   pool on that node, with the device's slice environment (MPS pipe directory, limits), and adds
   the worker count and the device's UUID as accelerators. Its blocks are submitted through a
   :class:`gpuslice.parsl.nodes.PoolProvider`, so one batch job per node hosts every pool.
-- It knows its pool (:attr:`SliceExecutor.pool`), which is how ``gpu_app`` finds pools.
+- It knows its pool (:attr:`SliceExecutor.pool`) and layout (:attr:`SliceExecutor.layout`),
+  which is how ``gpu_app`` finds pools and ``gpu_app(pool="auto")`` sizes them.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsl.executors import HighThroughputExecutor
+
+if TYPE_CHECKING:
+    from gpuslice.plan.layout import Layout
 
 __all__ = ["TASK_EXECUTOR", "SliceExecutor", "worker_pool_command"]
 
@@ -75,12 +79,16 @@ class SliceExecutor(HighThroughputExecutor):
 
     Args:
         pool: the pool's name (also the executor's label).
+        layout: the resolved layout the pool belongs to.
         **kwargs: HighThroughputExecutor's arguments.
     """
 
-    def __init__(self, *, pool: str, **kwargs: Any) -> None:
+    def __init__(self, *, pool: str, layout: Layout | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pool = pool
+        #: The resolved layout the pool belongs to (its slices' sizes and GPUs), which
+        #: ``gpu_app(pool="auto")`` matches against a function's profile.
+        self.layout = layout
         #: Set once :meth:`start` has formatted the launch command (the node group may then
         #: ask this executor for blocks).
         self.started = False
