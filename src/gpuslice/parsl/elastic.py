@@ -960,6 +960,23 @@ class ElasticController:
                 logger.warning("gpuslice elastic: cannot write %s: %s", self._log_path, err)
                 self._log_path = None
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every slice the controller counts now: id, pool, node, device, state, manager id."""
+        with self.lock:
+            return [
+                {
+                    "slice": s.id,
+                    "pool": s.pool,
+                    "node": s.node,
+                    "device": s.device,
+                    "state": s.state,
+                    "uid": s.uid,
+                    "compute": s.size.compute,
+                    "memory_mib": s.size.memory_mib,
+                }
+                for s in self.slices.values()
+            ]
+
     def decisions(self) -> list[dict[str, Any]]:
         """The decision log so far: every resize, slice start and exit, with reasons."""
         with self.lock:
