@@ -153,7 +153,7 @@ def test_capacity_moves_to_the_pool_with_the_backlog_and_back(run: Run) -> None:
     assert sampler.violations(run.capacity) == []
     violations, instants = interval_violations(done_a + done_b, run.capacity)
     assert violations == []
-    assert instants > 100
+    assert instants > 60  # a start and an end per task
 
 
 def test_a_worker_killed_while_its_slice_is_retired_loses_no_task(run: Run) -> None:
