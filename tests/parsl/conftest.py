@@ -77,8 +77,9 @@ def loaded(
         run_dir=str(root / "runinfo"),
         **options,
     )
-    DataFlowKernelLoader.load(config)
+    dfk = DataFlowKernelLoader.load(config)
     try:
+        wait_for_workers(dfk, layout)
         yield layout
     finally:
         # parsl.dfk().cleanup() and parsl.clear(), named through their class: ruff takes a bare
@@ -90,6 +91,26 @@ def loaded(
             stopping = daemons or layout
             for d in stopping.daemons:
                 daemon.stop(d.pipe_dir, timeout=5)
+
+
+def wait_for_workers(dfk: object, layout: Layout, timeout: float = 240.0) -> None:
+    """Wait until every pool's worker pools (one per device) have connected.
+
+    Tests then time their tasks, not Parsl's start-up, which on a loaded 2-core machine can
+    take a minute.
+    """
+    import time
+
+    expected = {pool.name: len(set(pool.devices)) for pool in layout.pools}
+    deadline = time.monotonic() + timeout
+    executors = dfk.executors  # type: ignore[attr-defined]
+    while True:
+        connected = {name: len(executors[name].connected_managers()) for name in expected}
+        if all(connected[name] >= count for name, count in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker pools connected after {timeout:g}s: {connected}")
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -261,3 +261,62 @@ def test_a_second_node_run_of_the_same_configuration_on_one_host_is_refused(
         first.stop()
     assert code == 1
     assert "already runs on this host" in err
+
+
+def test_in_a_batch_job_gpus_all_means_the_jobs_gpus(
+    root: Path, stand_in: Path, tmp_path: Path
+) -> None:
+    layout = layout_of("a=1x mps:50%", FLEET_2XH100)
+    second = layout.pool("a").slices[1].device  # GPU 1 of the fleet
+    # Slurm gave the job GPU 1 only (its global ID, as SLURM_JOB_GPUS names it).
+    run = NodeRun(
+        spec_of("a=1x mps:50%", pools={"a": 1}),
+        {"a": command(stand_in)},
+        tmp_path / "o",
+        SLURM_JOB_ID="77",
+        SLURM_JOB_GPUS="1",
+        CUDA_VISIBLE_DEVICES="1",
+    )
+    try:
+        (record,) = run.records(1)
+    finally:
+        code, err = run.stop()
+    assert code == 0, err
+    assert record["env"]["GPUSLICE_DEVICE"] == second
+
+
+def test_mps_pools_are_refused_where_the_scheduler_runs_its_own_mps(
+    root: Path, stand_in: Path, tmp_path: Path
+) -> None:
+    # A Slurm gres/mps job: Slurm's prolog runs the MPS daemon, the job has 50% of GPU 0.
+    slurm_mps = {
+        "SLURM_JOB_ID": "78",
+        "SLURM_JOB_GPUS": "0",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50",
+    }
+    refused = NodeRun(
+        spec_of("a=1x mps:25%", pools={"a": 1}),
+        {"a": command(stand_in)},
+        tmp_path / "o1",
+        **slurm_mps,
+    )
+    code, err = refused.wait()
+    assert code == 1
+    assert "the scheduler runs its own MPS for this job" in err
+    assert "50% of GPU 0" in err
+
+    shared = NodeRun(
+        spec_of("b=2x share", pools={"b": 2}),
+        {"b": command(stand_in)},
+        tmp_path / "o2",
+        **slurm_mps,
+    )
+    try:
+        (record,) = shared.records(1)
+    finally:
+        code, err = shared.stop()
+    assert code == 0, err
+    # A client of the scheduler's daemon, held to the job's share.
+    assert record["env"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "50"
+    assert record["argv"][-2:] == [record["env"]["GPUSLICE_DEVICE"]] * 2

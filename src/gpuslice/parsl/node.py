@@ -6,7 +6,10 @@ the plan (one batch job per node; :mod:`gpuslice.parsl.group` composes its comma
 
 1. resolves the plan against the node's own GPUs (NVML, or the fleet file of an emulated node), so
    device UUIDs are the node's, and checks that each pool gets as many slices as its executor was
-   sized for;
+   sized for. Inside a batch job ``gpus: all`` means the job's GPUs (the scheduler's allocation,
+   :mod:`gpuslice.hardware.allocation`), not every GPU of the node; and where the scheduler runs
+   its own MPS for the job (Slurm's gres/mps), MPS pools are refused with an explanation rather
+   than a second daemon started on the same GPU;
 2. starts (or finds) the MPS control daemon of every device the plan's MPS slices use, leased for
    this node run, so that the daemons stop when the run ends (``keep_daemons`` keeps them);
 3. starts one Parsl worker pool (``process_worker_pool.py``) per (pool, device), with the slice's
@@ -49,6 +52,7 @@ from types import FrameType
 from typing import Any
 
 from gpuslice.errors import GpusliceError, MpsError, UsageError
+from gpuslice.hardware.allocation import JobAllocation
 from gpuslice.mps import control, daemon
 from gpuslice.mps import env as mps_env
 from gpuslice.parsl.worker import (
@@ -227,6 +231,8 @@ class NodeAgent:
         self.daemons: list[_DaemonWatch] = []
         self.stopping = False
         self._lock_fd: int | None = None
+        self.allocation: JobAllocation = JobAllocation(None, None, None, None, None, "not read")
+        self.scheduler_env: dict[str, str] = {}
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -235,7 +241,17 @@ class NodeAgent:
         return NodeError(f"gpuslice: {who} cannot start on node {self.node}: {reason}")
 
     def _environment(self) -> None:
-        """The emulated GPU's variables, so daemons, worker pools and workers all find it."""
+        """Read the job's allocation, then clear what must not leak into slices and daemons.
+
+        Also sets the emulated GPU's variables, so daemons, worker pools and workers find it.
+        """
+        from gpuslice.hardware.allocation import job_allocation
+
+        # Before anything is cleared: the scheduler's MPS variables are the job's, not ours.
+        self.allocation = job_allocation()
+        self.scheduler_env = {
+            name: os.environ[name] for name in _MPS_CLIENT_VARS if name in os.environ
+        }
         os.environ.pop(HOLDER_ENV, None)
         for name in _MPS_CLIENT_VARS:
             os.environ.pop(name, None)
@@ -256,6 +272,7 @@ class NodeAgent:
             NodeError: the plan does not fit this node's GPUs, or gives a pool another number
                 of slices than its executor was sized for.
         """
+        from gpuslice.hardware.allocation import restrict_inventory
         from gpuslice.hardware.inventory import discover
         from gpuslice.plan.resolve import resolve
 
@@ -263,9 +280,11 @@ class NodeAgent:
             if self.spec.layout is not None:
                 layout = Layout.from_dict(self.spec.layout)
             else:
-                layout = resolve(json.dumps(self.spec.plan), discover(self.spec.fleet))
+                inventory = restrict_inventory(discover(self.spec.fleet), self.allocation)
+                layout = resolve(json.dumps(self.spec.plan), inventory)
         except GpusliceError as err:
             raise self._fail(None, str(err)) from err
+        self._check_scheduler_mps(layout)
         for name, expected in self.spec.pools.items():
             try:
                 here = layout.pool(name)
@@ -282,6 +301,29 @@ class NodeAgent:
         if missing:
             raise self._fail(missing[0], "no executor was sized for it")
         return layout
+
+    def _check_scheduler_mps(self, layout: Layout) -> None:
+        """Refuse MPS slices where the scheduler already runs MPS for the job.
+
+        Slurm's gres/mps gives the job a share of a GPU served by an MPS daemon that Slurm's
+        prolog started (https://slurm.schedmd.com/gres.html#MPS_Management); a second daemon
+        of gpuslice's on that GPU would fight it, and its clients could not be held to the
+        job's share. Time-shared pools run as clients of the scheduler's daemon instead, inside
+        the job's share (they keep its variables).
+        """
+        mps = self.allocation.scheduler_mps
+        if mps is None:
+            return
+        for pool in layout.pools:
+            if any(s.uses_mps for s in pool.slices):
+                raise self._fail(
+                    pool.name,
+                    f"the scheduler runs its own MPS for this job ({mps.source}: "
+                    f"{mps.percentage:g}% of GPU {', '.join(mps.gpus) or '?'}, daemon at "
+                    f"{mps.effective_pipe_directory}), so gpuslice will not start a second MPS "
+                    "daemon on that GPU. Ask for whole GPUs (e.g. `--gres=gpu:1`) and let "
+                    "gpuslice cut them, or run only `share:` pools inside the job's MPS share",
+                )
 
     def _take_node_lock(self) -> None:
         """One node run per configuration per host: a second one would double every slice."""
@@ -335,6 +377,8 @@ class NodeAgent:
 
     def _env(self, first: Slice) -> dict[str, str]:
         env = dict(os.environ)
+        if self.allocation.scheduler_mps is not None and not first.uses_mps:
+            env.update(self.scheduler_env)  # a client of the scheduler's MPS, at the job's share
         env.update(mps_env.slice_environment(first))
         env[mps_env.POOL] = first.pool
         env[DEVICE_ENV] = first.device
