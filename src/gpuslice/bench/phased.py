@@ -10,8 +10,8 @@ configuration (:mod:`gpuslice.parsl.elastic`) moves the capacity to the pool tha
 The task kinds and slices (one emulated H100, 80 GiB; costs from
 :func:`gpuslice.bench.workloads.emulated_cost`):
 
-- ``llm`` medium (GPT-2-medium shape, one 128-token prompt, 64 new tokens): 104 ms alone,
-  kernels 17% of the time on 40% of the SMs, 1.3 GiB. Served by ``infer`` slices (many
+- ``llm`` (GPT-2-medium shape, one 128-token prompt, 256 new tokens): 417 ms alone,
+  kernels 17% of the time on 39% of the SMs, 1.3 GiB. Served by ``infer`` slices (many
   concurrent requests keep the GPU busy; each slice holds its own copy of the model).
 - ``surrogate_train`` with a large network (16,384 molecules, batch 4,096, hidden 1,024,
   4 layers, 2 epochs): 3.9 s alone on the whole GPU, compute-bound, 30.6 GiB. It needs a slice
@@ -57,6 +57,7 @@ from gpuslice.plan.resolve import resolve
 
 __all__ = [
     "ELASTIC_POLICY",
+    "LLM_PARAMS",
     "TRAIN_PARAMS",
     "Contender",
     "Phase",
@@ -68,6 +69,9 @@ __all__ = [
     "run_phased",
 ]
 
+#: One inference request: GPT-2-medium shape, a 128-token prompt, 256 new tokens (417 ms
+#: alone, kernels 17% of the time on 39% of the SMs, 1.3 GiB).
+LLM_PARAMS: dict[str, Any] = {"size": "medium", "prompt_tokens": 128, "new_tokens": 256}
 #: The large retraining task (30.6 GiB, 3.9 s alone on an H100 in the cost model).
 TRAIN_PARAMS: dict[str, Any] = {
     "n_molecules": 16384,
@@ -78,11 +82,12 @@ TRAIN_PARAMS: dict[str, Any] = {
 }
 #: Which pool each task kind goes to in the two-pool plans.
 ROUTES = {"llm": "infer", "surrogate_train": "train"}
-#: How far the elastic arrangement may resize: either pool may give all of its capacity away
-#: (its next task then waits for a slice to start: the price of handing the whole GPU to the
-#: phase that has work).
+#: How far the elastic arrangement may resize: inference keeps two slices (requests that
+#: arrive during retraining are served at once), training may give all of its capacity away
+#: (its next task then waits for a slice to start: the price of handing the GPU to the phase
+#: that has work).
 ELASTIC_POLICY = ElasticPolicy(
-    pools={"infer": PoolLimits(min=0), "train": PoolLimits(min=0)},
+    pools={"infer": PoolLimits(min=2), "train": PoolLimits(min=0)},
     period_s=0.5,
     grow_after_s=1.0,
     idle_after_s=1.0,
@@ -116,17 +121,17 @@ def phases(scale: float = 1.0) -> list[Phase]:
     """The workflow: an inference burst, then retraining, then both.
 
     Args:
-        scale: multiplies every phase's task count, at least one task each (1.0: 3,600
-            requests, 30 trainings, then 300 requests with 2 trainings).
+        scale: multiplies every phase's task count, at least one task each (1.0: 900
+            requests, 30 trainings, then 80 requests with 2 trainings).
 
     Raises:
         UsageError: a scale that is not positive.
     """
-    llm = TaskSpec("llm", WORKLOADS["llm"].params("medium"))
+    llm = TaskSpec("llm", WORKLOADS["llm"].params(**LLM_PARAMS))
     train = TaskSpec("surrogate_train", WORKLOADS["surrogate_train"].params(**TRAIN_PARAMS))
     if not scale > 0:
         raise UsageError(f"the phased workflow's scale must be positive, not {scale:g}")
-    counts = {"burst": 3600, "train": 30, "both": 300, "both_train": 2}
+    counts = {"burst": 900, "train": 30, "both": 80, "both_train": 2}
     n = {k: max(1, round(v * scale)) for k, v in counts.items()}
     return [
         Phase("inference burst", tuple([llm] * n["burst"])),
@@ -143,13 +148,14 @@ class Contender:
     policy: ElasticPolicy | None = None
 
 
-#: The elastic arrangement's slices: inference 5% + 3 GiB, training 50% + 36 GiB, starting
-#: from ten inference slices and one training slice (the fixed plan ``fixed-10x5-50``).
+#: The elastic arrangement's slices: inference 5% + 3 GiB, training 45% + 36 GiB, starting
+#: from eleven inference slices and one training slice (the fixed plan ``fixed-11x5-45``).
+#: Two training slices and the two inference slices the policy keeps make 100%.
 ELASTIC_PLAN: dict[str, Any] = {
     "version": 1,
     "pools": {
-        "infer": {"mps": {"compute": 5, "memory": "3GiB"}, "per_gpu": 10},
-        "train": {"mps": {"compute": 50, "memory": "36GiB"}, "per_gpu": 1},
+        "infer": {"mps": {"compute": 5, "memory": "3GiB"}, "per_gpu": 11},
+        "train": {"mps": {"compute": 45, "memory": "36GiB"}, "per_gpu": 1},
     },
 }
 
@@ -175,8 +181,8 @@ def contenders() -> list[Contender]:
     """
     fixed = [
         Arrangement(
-            "fixed-10x5-50",
-            "fixed: infer 10x5% + train 1x50% (elastic's start)",
+            "fixed-11x5-45",
+            "fixed: infer 11x5% + train 1x45% (elastic's start)",
             "d",
             ELASTIC_PLAN,
             routes=ROUTES,
@@ -196,7 +202,7 @@ def contenders() -> list[Contender]:
     ]
     elastic = Arrangement(
         "elastic",
-        "elastic: infer 5% + train 50% slices, resized",
+        "elastic: infer 5% + train 45% slices, resized",
         "f",
         ELASTIC_PLAN,
         routes=ROUTES,
@@ -209,7 +215,7 @@ def _throughput(slices: Sequence[tuple[str, int]], inventory_sms: int = 132) -> 
     from gpuslice.emulate.model import ActiveClient, mps_visible_sm_count, rates
 
     costs = {
-        "llm": WORKLOADS["llm"].cost("medium"),
+        "llm": WORKLOADS["llm"].cost(**LLM_PARAMS),
         "surrogate_train": WORKLOADS["surrogate_train"].cost(**TRAIN_PARAMS),
     }
     clients = [
@@ -440,7 +446,7 @@ def run_phased(
     if contender.policy is not None:
         options["elastic"] = contender.policy
     dfk = parsl.load(parsl_config(layout, run_dir=run_dir, **options))
-    sampler = SliceSampler(period_s=SAMPLE_PERIOD_S)
+    sampler = SliceSampler(period_s=SAMPLE_PERIOD_S, devices=frozenset(capacity))
     results: list[dict[str, Any]] = []
     errors: list[str] = []
     tct: list[float] = []
@@ -694,7 +700,7 @@ def bench_phased(
                 f"choose from {', '.join(every)}"
             )
     elif smoke:
-        chosen = ["fixed-10x5-50", "elastic"]
+        chosen = ["fixed-11x5-45", "elastic"]
     else:
         chosen = list(every)
     scale = (percent if percent is not None else (2 if smoke else 100)) / 100

@@ -92,11 +92,13 @@ class SliceSampler:
 
     Attributes:
         period_s: seconds between samples.
+        devices: count only slices on these devices (None: every slice on this host).
         samples: every sample taken.
         seen: slice id -> (pool, device, size, first seen, last seen).
     """
 
     period_s: float = 0.2
+    devices: frozenset[str] | None = None
     samples: list[Sample] = field(default_factory=list)
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
     _groups: dict[int, _Live | None] = field(default_factory=dict)
@@ -112,6 +114,8 @@ class SliceSampler:
         size = limits_of(environ)
         device = environ.get(mps_env.VISIBLE)
         if not slice_id or size is None or not device:
+            return None
+        if self.devices is not None and device not in self.devices:
             return None
         return _Live(slice_id, environ.get(mps_env.POOL, "?"), device, size)
 
@@ -229,15 +233,28 @@ def interval_violations(
     found: list[str] = []
     checked = 0
     for device, items in by_device.items():
-        instants = sorted({float(t["start"]) for t in items} | {float(t["end"]) for t in items})
-        for instant in instants:
-            running: dict[str, SliceSize] = {}
-            for t in items:
-                if float(t["start"]) <= instant < float(t["end"]):
-                    running[str(t["slice"])] = SliceSize(int(t["compute"]), int(t["memory_mib"]))
+        cap = capacity.get(device, DeviceCapacity(device, 0))
+        # A sweep over starts and ends: at each instant, the slices with a task running then
+        # (a task running over [start, end)); ends before starts at the same instant.
+        events = sorted(
+            [(float(t["end"]), 0, t) for t in items] + [(float(t["start"]), 1, t) for t in items],
+            key=lambda e: (e[0], e[1]),
+        )
+        running: dict[str, int] = {}
+        sizes: dict[str, SliceSize] = {}
+        index = 0
+        while index < len(events):
+            instant = events[index][0]
+            while index < len(events) and events[index][0] == instant:
+                _, starts, t = events[index]
+                name = str(t["slice"])
+                running[name] = running.get(name, 0) + (1 if starts else -1)
+                if running[name] == 0:
+                    del running[name]
+                sizes[name] = SliceSize(int(t["compute"]), int(t["memory_mib"]))
+                index += 1
             checked += 1
-            cap = capacity.get(device, DeviceCapacity(device, 0))
-            problem = overflow(cap, list(running.values()))
+            problem = overflow(cap, [sizes[n] for n in running])
             if problem is not None:
                 found.append(f"t={instant:.3f}: {', '.join(sorted(running))} {problem}")
     return found, checked
