@@ -162,6 +162,32 @@ def test_the_sampler_reads_live_slices_from_their_own_environments(
     assert sampler.peaks()["GPU-fake"] == {"compute": 110, "memory_mib": 2048, "slices": 2}
 
 
+def test_the_sampler_counts_each_worker_of_a_fixed_plans_worker_pool(
+    fake_slices: list[subprocess.Popen[bytes]],
+) -> None:
+    # A fixed plan's worker pool: a manager and its workers share one environment without
+    # GPUSLICE_SLICE; each worker (multiprocessing's spawn_main) is one slice.
+    env = {
+        **os.environ,
+        "GPUSLICE_POOL": "q",
+        "CUDA_VISIBLE_DEVICES": "GPU-fixed",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=2G",
+    }
+    env.pop("GPUSLICE_SLICE", None)
+    worker = "import time  # spawn_main stand-in\ntime.sleep(60)"
+    manager = "import time\ntime.sleep(60)"
+    for code in (manager, worker, worker):
+        fake_slices.append(
+            subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+        )
+    time.sleep(0.5)
+    sample = SliceSampler(devices=frozenset({"GPU-fixed"})).scan()
+    assert len(sample.slices["GPU-fixed"]) == 2
+    assert sample.compute["GPU-fixed"] == 60
+    assert sample.memory_mib["GPU-fixed"] == 4096
+
+
 def test_a_phased_task_reports_its_slice_from_inside_its_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

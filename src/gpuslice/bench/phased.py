@@ -122,7 +122,7 @@ def phases(scale: float = 1.0) -> list[Phase]:
 
     Args:
         scale: multiplies every phase's task count, at least one task each (1.0: 900
-            requests, 30 trainings, then 80 requests with 2 trainings).
+            requests, 30 trainings, then 40 requests with 2 trainings).
 
     Raises:
         UsageError: a scale that is not positive.
@@ -131,7 +131,7 @@ def phases(scale: float = 1.0) -> list[Phase]:
     train = TaskSpec("surrogate_train", WORKLOADS["surrogate_train"].params(**TRAIN_PARAMS))
     if not scale > 0:
         raise UsageError(f"the phased workflow's scale must be positive, not {scale:g}")
-    counts = {"burst": 900, "train": 30, "both": 80, "both_train": 2}
+    counts = {"burst": 900, "train": 30, "both": 40, "both_train": 2}
     n = {k: max(1, round(v * scale)) for k, v in counts.items()}
     return [
         Phase("inference burst", tuple([llm] * n["burst"])),
@@ -292,7 +292,8 @@ def phased_task(workload: str, params: dict[str, Any], emulated: bool) -> dict[s
 
     out = run_task(workload, params, emulated)
     size = limits_of(os.environ)
-    out["slice"] = os.environ.get(SLICE_ENV) or os.environ.get("PARSL_WORKER_POOL_ID")
+    # An elastic slice's id; in a fixed plan's worker pool, each worker is one slice.
+    out["slice"] = os.environ.get(SLICE_ENV) or f"{out['pool']}.worker-{os.getpid()}"
     out["compute"] = size.compute if size else None
     out["memory_mib"] = size.memory_mib if size else None
     out["pid"] = os.getpid()

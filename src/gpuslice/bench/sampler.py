@@ -6,9 +6,10 @@ controller's own books:
 - :class:`SliceSampler` looks at every live process on this host every ``period_s`` seconds and
   reads the environment of each slice's worker pool (``/proc/<pid>/environ`` through psutil):
   ``GPUSLICE_SLICE``, ``CUDA_VISIBLE_DEVICES``, ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and
-  ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``. A slice is live while any process of its process group is
-  (node-run gives every elastic worker pool its own group, so orphaned workers count too). Each
-  sample sums the live slices per device.
+  ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``. An elastic slice is live while any process carrying its
+  ``GPUSLICE_SLICE`` is (its manager, its worker, a worker its crashed manager left behind); in a
+  fixed plan's worker pool each worker process is one slice. Each sample sums the live slices
+  per device.
 - :func:`interval_violations` takes what every task reported from inside its worker (its slice,
   limits and start/end times) and sums, at every instant a task started or ended, the limits of
   the slices running a task on each device.
@@ -20,7 +21,6 @@ sampler is for runs on one node (LocalProvider), which is what the benchmark doe
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -101,51 +101,57 @@ class SliceSampler:
     devices: frozenset[str] | None = None
     samples: list[Sample] = field(default_factory=list)
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _groups: dict[int, _Live | None] = field(default_factory=dict)
+    _known: dict[tuple[int, float], _Live | None] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def _classify(self, proc: psutil.Process) -> _Live | None:
         try:
             environ = proc.environ()
+            cmdline = " ".join(proc.cmdline())
         except (psutil.Error, OSError):
             return None
-        slice_id = environ.get(SLICE_ENV)
         size = limits_of(environ)
         device = environ.get(mps_env.VISIBLE)
-        if not slice_id or size is None or not device:
+        pool = environ.get(mps_env.POOL)
+        if size is None or not device or not pool:
             return None
         if self.devices is not None and device not in self.devices:
             return None
-        return _Live(slice_id, environ.get(mps_env.POOL, "?"), device, size)
+        slice_id = environ.get(SLICE_ENV)
+        if not slice_id:
+            # A fixed plan's worker pool serves several slices of a device, one per worker:
+            # each worker process (multiprocessing's spawn) is one slice; its manager is not.
+            if "spawn_main" not in cmdline:
+                return None
+            slice_id = f"{pool}.worker-{proc.pid}"
+        return _Live(slice_id, pool, device, size)
 
     def scan(self) -> Sample:
         """Take one sample now (also what the thread does every ``period_s``)."""
         now = time.time()
-        members: dict[int, psutil.Process] = {}
-        for proc in psutil.process_iter(["status"]):
+        live: dict[str, _Live] = {}
+        seen: set[tuple[int, float]] = set()
+        for proc in psutil.process_iter():
             try:
-                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                key = (proc.pid, proc.create_time())
+                if proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                group = os.getpgid(proc.pid)
-            except (psutil.Error, ProcessLookupError, PermissionError):
+            except psutil.Error:
                 continue
-            members.setdefault(group, proc)
-        # Forget groups that are gone (their ids may be reused by unrelated processes).
-        for group in list(self._groups):
-            if group not in members:
-                del self._groups[group]
-        live: list[_Live] = []
-        for group, proc in members.items():
-            if group not in self._groups:
-                self._groups[group] = self._classify(proc)
-            found = self._groups[group]
+            seen.add(key)
+            if key not in self._known:
+                self._known[key] = self._classify(proc)
+            found = self._known[key]
             if found is not None:
-                live.append(found)
+                # Any live process of a slice (its manager, a worker, an orphan) keeps it live.
+                live[found.slice] = found
+        for key in set(self._known) - seen:
+            del self._known[key]
         slices: dict[str, list[str]] = {}
         compute: dict[str, int] = {}
         memory: dict[str, int] = {}
-        for item in live:
+        for item in live.values():
             slices.setdefault(item.device, []).append(item.slice)
             compute[item.device] = compute.get(item.device, 0) + item.size.compute
             memory[item.device] = memory.get(item.device, 0) + item.size.memory_mib

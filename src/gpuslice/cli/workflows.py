@@ -107,7 +107,7 @@ def bench(
 
     With --workload phased: fixed plans against elastic pools (gpuslice.parsl.elastic) on a
     workflow whose phases follow each other; --tasks scales the phases (in percent of the
-    default 2,400 + 16 + 602 tasks), and the JSON holds each run's phases, capacity check and,
+    default 900 + 30 + 42 tasks), and the JSON holds each run's phases, capacity check and,
     for elastic, the controller's decision log.
 
     Writes <workload>-<device>.json/.png/.md under --out, with device, driver, CUDA, torch and

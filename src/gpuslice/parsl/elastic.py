@@ -596,6 +596,10 @@ class _Tracked:
     uids: list[str] = field(default_factory=list)
     since: float = field(default_factory=time.monotonic)
     held: set[str] = field(default_factory=set)
+    #: When the controller decided to start it (None for the plan's own slices).
+    decided: float | None = None
+    #: Whether its current manager has connected to the interchange.
+    connected: bool = False
 
     @property
     def uid(self) -> str | None:
@@ -633,6 +637,7 @@ class ElasticController:
         self._last_shrink: dict[str, float] = {}
         self._counter = 0
         self._errors = 0
+        self._start_latencies: list[float] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -815,6 +820,7 @@ class ElasticController:
         outstanding, managers = self._observe()
         now = time.monotonic()
         with self.lock:
+            self._note_connections(managers, now)
             self._advance_retiring(managers, now)
             pools = self._pool_views(outstanding, managers, now)
             views = self._slice_views(managers)
@@ -863,6 +869,29 @@ class ElasticController:
             )
         return views
 
+    def _note_connections(self, managers: Mapping[str, Mapping[str, Any]], now: float) -> None:
+        """Log each slice the controller started once its manager connects (its start-up time)."""
+        for s in self.slices.values():
+            if s.connected or s.uid is None or s.uid not in managers:
+                continue
+            s.connected = True
+            if s.decided is None:
+                continue
+            latency = now - s.decided
+            self._start_latencies.append(latency)
+            self._record(
+                "slice",
+                event="connected",
+                slice=s.id,
+                pool=s.pool,
+                node=s.node,
+                device=s.device,
+                uid=s.uid,
+                latency_s=round(latency, 3),
+                reason=f"its manager connected to the interchange {latency:.1f}s after the "
+                "start was decided",
+            )
+
     def _slice_views(self, managers: Mapping[str, Mapping[str, Any]]) -> list[SliceView]:
         views = []
         for s in self.slices.values():
@@ -884,7 +913,7 @@ class ElasticController:
             slice_id = f"{move.pool}.{move.node}.e{self._counter}"
             size = node.devices[move.device].pools[move.pool]
             self.slices[slice_id] = _Tracked(
-                slice_id, move.pool, move.node, move.device, size, "starting"
+                slice_id, move.pool, move.node, move.device, size, "starting", decided=now
             )
             self._last_grow[move.pool] = now
             if not node.link.send(
@@ -992,9 +1021,22 @@ class ElasticController:
                 "slices_restarted": events.count("restarted"),
                 "slices_gone": events.count("gone"),
                 "starts_refused": events.count("refused"),
+                "start_latency_s": _stats(self._start_latencies),
                 "step_errors": self._errors,
                 "now": self.counts(),
             }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "count": len(ordered),
+        "min": round(ordered[0], 3),
+        "median": round(ordered[len(ordered) // 2], 3),
+        "max": round(ordered[-1], 3),
+    }
 
 
 def _policy_dict(policy: ElasticPolicy) -> dict[str, Any]:

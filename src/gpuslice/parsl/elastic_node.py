@@ -300,7 +300,8 @@ class ElasticNodeAgent(NodeAgent):
             found = self.slices.get(slice_id)
             if found is None or found.state == "gone":
                 self._send({"op": "exited", "slice": slice_id, "final": True, "code": None})
-            elif found.state == "running":
+            elif found.state in ("running", "restarting"):
+                # A slice being restarted is not started again: its old processes are going.
                 found.state = "stopping"
                 found.reason = "stopped by the controller"
         else:
