@@ -162,7 +162,7 @@ def test_the_sampler_reads_live_slices_from_their_own_environments(
     assert sampler.peaks()["GPU-fake"] == {"compute": 110, "memory_mib": 2048, "slices": 2}
 
 
-def test_the_sampler_counts_each_worker_of_a_fixed_plans_worker_pool(
+def test_the_sampler_counts_each_worker_of_a_fixed_plans_worker_pool_of_this_run_only(
     fake_slices: list[subprocess.Popen[bytes]],
 ) -> None:
     # A fixed plan's worker pool: a manager and its workers share one environment without
@@ -177,12 +177,15 @@ def test_the_sampler_counts_each_worker_of_a_fixed_plans_worker_pool(
     env.pop("GPUSLICE_SLICE", None)
     worker = "import time  # spawn_main stand-in\ntime.sleep(60)"
     manager = "import time\ntime.sleep(60)"
-    for code in (manager, worker, worker):
+    ours = {**env, "GPUSLICE_HOLDER": "node-run.g1.100"}
+    theirs = {**env, "GPUSLICE_HOLDER": "node-run.g2.200"}  # another run, same device name
+    for code, environ in ((manager, ours), (worker, ours), (worker, ours), (worker, theirs)):
         fake_slices.append(
-            subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+            subprocess.Popen([sys.executable, "-c", code], env=environ, start_new_session=True)
         )
     time.sleep(0.5)
-    sample = SliceSampler(devices=frozenset({"GPU-fixed"})).scan()
+    assert len(SliceSampler(devices=frozenset({"GPU-fixed"})).scan().slices["GPU-fixed"]) == 3
+    sample = SliceSampler(devices=frozenset({"GPU-fixed"}), group="g1").scan()
     assert len(sample.slices["GPU-fixed"]) == 2
     assert sample.compute["GPU-fixed"] == 60
     assert sample.memory_mib["GPU-fixed"] == 4096

@@ -132,7 +132,9 @@ def in_resize(controller: ElasticController, pool: str) -> dict[str, Any] | None
 
 def test_capacity_moves_to_the_pool_with_the_backlog_and_back(run: Run) -> None:
     t0 = run.controller.decisions()[-1]["t"]
-    with SliceSampler(period_s=0.2, devices=frozenset(run.capacity)) as sampler:
+    with SliceSampler(
+        period_s=0.2, devices=frozenset(run.capacity), group=run.controller.group
+    ) as sampler:
         done_a, failed_a = results([run.a(500) for _ in range(30)])
         t1 = run.controller.decisions()[-1]["t"]
         done_b, failed_b = results([run.b(1500) for _ in range(6)])
@@ -160,7 +162,9 @@ def test_a_worker_killed_while_its_slice_is_retired_loses_no_task(run: Run) -> N
     # b holds the GPU (two busy 50% slices, long tasks); a's burst makes the controller
     # retire one of b's busy slices, which finishes its task first. Its worker is killed
     # while it runs that task.
-    with SliceSampler(period_s=0.2, devices=frozenset(run.capacity)) as sampler:
+    with SliceSampler(
+        period_s=0.2, devices=frozenset(run.capacity), group=run.controller.group
+    ) as sampler:
         b_futures = [run.b(3000) for _ in range(6)]
         wait_for(lambda: sum(1 for s in run.controller.snapshot() if s["pool"] == "b") == 2)
         time.sleep(2.5)  # b's growth is out of its cooldown, its slices are busy
@@ -179,7 +183,9 @@ def test_a_worker_killed_while_its_slice_is_retired_loses_no_task(run: Run) -> N
 
 def test_an_mps_daemon_killed_during_a_resize_loses_no_task(run: Run) -> None:
     (d,) = run.layout.daemons
-    with SliceSampler(period_s=0.2, devices=frozenset(run.capacity)) as sampler:
+    with SliceSampler(
+        period_s=0.2, devices=frozenset(run.capacity), group=run.controller.group
+    ) as sampler:
         a_futures = [run.a(1000) for _ in range(20)]
         b_futures = [run.b(1500) for _ in range(6)]
         wait_for(

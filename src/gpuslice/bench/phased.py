@@ -433,6 +433,8 @@ def run_phased(
     from gpuslice.parsl.app import gpu_app
     from gpuslice.parsl.config import parsl_config
     from gpuslice.parsl.elastic import elastic_controller
+    from gpuslice.parsl.executor import SliceExecutor
+    from gpuslice.parsl.group import PoolProvider
 
     arrangement = contender.arrangement
     emulated = inventory.emulated
@@ -446,8 +448,14 @@ def run_phased(
     options: dict[str, Any] = {"retries": 2}
     if contender.policy is not None:
         options["elastic"] = contender.policy
-    dfk = parsl.load(parsl_config(layout, run_dir=run_dir, **options))
-    sampler = SliceSampler(period_s=SAMPLE_PERIOD_S, devices=frozenset(capacity))
+    config = parsl_config(layout, run_dir=run_dir, **options)
+    group = next(
+        e.provider.group.id
+        for e in config.executors
+        if isinstance(e, SliceExecutor) and isinstance(e.provider, PoolProvider)
+    )
+    dfk = parsl.load(config)
+    sampler = SliceSampler(period_s=SAMPLE_PERIOD_S, devices=frozenset(capacity), group=group)
     results: list[dict[str, Any]] = []
     errors: list[str] = []
     tct: list[float] = []

@@ -32,6 +32,7 @@ import psutil
 from gpuslice.mps import env as mps_env
 from gpuslice.parsl.capacity import DeviceCapacity, SliceSize, overflow
 from gpuslice.parsl.elastic_node import SLICE_ENV
+from gpuslice.parsl.worker import HOLDER_ENV
 
 __all__ = [
     "Sample",
@@ -93,12 +94,17 @@ class SliceSampler:
     Attributes:
         period_s: seconds between samples.
         devices: count only slices on these devices (None: every slice on this host).
+        group: count only the worker pools of this configuration (the node group id that
+            ``gpuslice node-run`` puts in their ``GPUSLICE_HOLDER``); None: every one. Other
+            configurations on the host may use the same device names (an emulated fleet file
+            names the same UUIDs for everyone who uses it).
         samples: every sample taken.
         seen: slice id -> (pool, device, size, first seen, last seen).
     """
 
     period_s: float = 0.2
     devices: frozenset[str] | None = None
+    group: str | None = None
     samples: list[Sample] = field(default_factory=list)
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
     _known: dict[tuple[int, float], _Live | None] = field(default_factory=dict)
@@ -117,6 +123,10 @@ class SliceSampler:
         if size is None or not device or not pool:
             return None
         if self.devices is not None and device not in self.devices:
+            return None
+        if self.group is not None and not environ.get(HOLDER_ENV, "").startswith(
+            f"node-run.{self.group}."
+        ):
             return None
         slice_id = environ.get(SLICE_ENV)
         if not slice_id:
