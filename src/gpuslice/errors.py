@@ -39,9 +39,15 @@ class Problem:
 
 
 class PlanError(GpusliceError):
-    """A plan (or fleet file) was refused; :attr:`problems` lists every reason at once."""
+    """A plan (or fleet file) was refused; :attr:`problems` lists every reason at once.
+
+    The message shows the first :attr:`SHOWN` problems and counts the rest, so a hostile
+    file cannot flood a terminal; :attr:`problems` keeps them all.
+    """
 
     exit_code = 2
+    #: Problems the message lists before it only counts the rest.
+    SHOWN = 50
 
     def __init__(self, problems: list[Problem] | tuple[Problem, ...], source: str = "plan") -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
@@ -51,7 +57,10 @@ class PlanError(GpusliceError):
     def __str__(self) -> str:
         count = len(self.problems)
         head = f"{self.source} has {count} problem{'s' if count != 1 else ''}:"
-        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+        lines = [head, *(f"  - {p}" for p in self.problems[: self.SHOWN])]
+        if count > self.SHOWN:
+            lines.append(f"  … and {count - self.SHOWN} more of the same kinds")
+        return "\n".join(lines)
 
 
 class UsageError(GpusliceError):

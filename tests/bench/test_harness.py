@@ -51,9 +51,10 @@ def test_batched_params_scale_the_batch_knob() -> None:
 
 def test_arrangements_by_name_and_the_standard_set() -> None:
     memory = 81920
+    # (81920 MiB - 512 MiB for each of 4 clients and the MPS server) / 4 = 19840 MiB
     assert by_name("gpuslice-4", memory).plan["pools"][POOL]["mps"] == {
         "compute": 25,
-        "memory": "20480MiB",
+        "memory": "19840MiB",
     }
     assert by_name("mps-unlimited-3", memory).plan["oversubscribe"] is True
     assert by_name("batched-7", memory).batch == 7

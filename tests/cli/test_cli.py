@@ -154,3 +154,26 @@ def test_help_explains_the_verbs() -> None:
     assert code == 0
     for verb in ("gpus", "plan", "env"):
         assert verb in out
+
+
+def test_a_gpu_the_catalog_lacks_shows_unknown_sms_and_plans_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.hardware.test_nvml import MIB, FakeGpu, fake_pynvml
+
+    new = FakeGpu(
+        "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+        "GPU-6d1c7e0a-3f0b-5b7e-9a57-6770752d7300",
+        97887 * MIB,
+        mig_mode=0,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([new]))
+    monkeypatch.delenv("GPUSLICE_FLEET", raising=False)
+    code, out, _ = run("gpus")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "GPU-6d1c7e0a" in line)
+    assert [cell.strip() for cell in row.split("│")][5] == "?"  # SMs unknown, not 0
+    code, out, _ = run("plan", "show", "a=2x mps:25%/8GiB")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert [[c.strip() for c in r.split("│")][7:9] for r in rows] == [["?/?", "8GiB"]] * 2

@@ -126,7 +126,9 @@ def test_tables_are_self_consistent(model: object) -> None:
         assert p.memory_mib <= model.memory_mib
         assert all(s + p.memory_slices <= model.memory_slices for s in p.placements)
         assert p.name == p.name.lower()
-    assert not model.mig or model.compute_slices in (4, 7)
+    # MIG-capable models without a profile table here have no geometry either.
+    assert not model.mig_profiles or model.compute_slices in (4, 7)
+    assert model.mig or not model.mig_profiles
 
 
 def test_get_model_is_case_insensitive() -> None:
@@ -236,3 +238,61 @@ def test_place_mig_uses_only_allowed_starts() -> None:
         ("2g.10gb", 2),
         ("3g.20gb", 4),
     )
+
+
+# NVML product names of current data-centre GPUs (as nvidia-smi prints them) and the catalog
+# model each must map to; the longer names must not fall into a shorter family.
+@pytest.mark.parametrize(
+    ("nvml_name", "expected"),
+    [
+        ("NVIDIA A40", "A40"),
+        ("NVIDIA A10", "A10"),
+        ("NVIDIA L40", "L40"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA RTX 6000 Ada Generation", "RTX-6000-Ada"),
+        ("NVIDIA B200", "B200"),
+        ("NVIDIA GH200 480GB", "GH200"),
+        ("NVIDIA GH200 120GB", "GH200"),
+        ("NVIDIA H20", "H20"),
+        ("NVIDIA H800", "H800"),
+        ("NVIDIA A800-SXM4-80GB", "A800-80GB"),
+        ("NVIDIA H200", "H200-141GB"),
+        ("NVIDIA A100-SXM4-80GB", "A100-80GB"),
+    ],
+)
+def test_current_data_centre_models_are_recognised(nvml_name: str, expected: str) -> None:
+    model = model_for_nvml_name(nvml_name)
+    assert model is not None
+    assert model.name == expected
+
+
+# Totals as NVML reports them (nvidia-smi memory.total), from published output: a plan that
+# fits the fleet file must fit the real card.
+@pytest.mark.parametrize(
+    ("model", "mib"),
+    [
+        ("H100-80GB", 81559),
+        ("A100-80GB", 81920),
+        ("A100-40GB", 40960),
+        ("H200-141GB", 143771),
+        ("H100-NVL-94GB", 95830),
+        ("A30-24GB", 24576),
+        ("L40S", 46068),
+        ("L4", 23034),
+        ("A10", 23028),
+        ("A40", 46068),
+        ("B200", 183359),
+        ("GH200", 97871),
+        ("H20", 97871),
+        ("V100-16GB", 16130),
+        ("V100-32GB", 32502),
+    ],
+)
+def test_model_memory_is_what_nvml_reports(model: str, mib: int) -> None:
+    assert MODELS[model].memory_mib == mib
+
+
+def test_unknown_product_names_stay_unknown() -> None:
+    # An H800 PCIe's SM count is not confirmed: better unknown (no SM check) than wrong.
+    assert model_for_nvml_name("NVIDIA H800 PCIe") is None
+    assert model_for_nvml_name("NVIDIA RTX PRO 6000 Blackwell Server Edition") is None

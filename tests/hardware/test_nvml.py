@@ -251,3 +251,27 @@ def test_real_inventory_reads_every_gpu() -> None:
         assert gpu.uuid.startswith("GPU-")
         assert gpu.memory_mib > 0
         assert all(m.uuid.startswith("MIG-") for m in gpu.mig_devices)
+
+
+def test_a_gpu_the_catalog_lacks_is_usable_with_nvml_memory_and_unknown_sms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gpuslice import resolve
+
+    new = FakeGpu(
+        "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+        "GPU-6d1c7e0a-3f0b-5b7e-9a57-6770752d7300",
+        97887 * MIB,
+        mig_mode=0,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([new]))
+    inv = nvml.read_inventory()
+    gpu = inv.gpus[0]
+    assert (gpu.model, gpu.memory_mib, gpu.sm_count) == (None, 97887, 0)
+    layout = resolve("a=2x mps:25%/8GiB, b=share", inv)
+    mps = layout.pool("a").slices
+    # Percentages and memory caps need no catalog; the SM expectation is left unknown, so
+    # the worker skips its SM check instead of refusing every device.
+    assert [(s.compute, s.memory_mib, s.expected_sms) for s in mps] == [(25, 8192, None)] * 2
+    assert layout.pool("b").slices[0].expected_sms is None
+    assert mps[0].memory_total_mib == 97887

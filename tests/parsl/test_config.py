@@ -15,8 +15,6 @@ from gpuslice.errors import UsageError
 from gpuslice.parsl.config import gpuslice_command, layout_of, parsl_config
 from gpuslice.parsl.executor import TASK_EXECUTOR, SliceExecutor
 from gpuslice.parsl.group import NodeGroup, PoolProvider
-from gpuslice.parsl.node import decode_spec
-from gpuslice.plan.layout import Layout, PoolLayout, Slice
 from tests.parsl.conftest import FLEET_2XH100, emulated_environment
 
 PLAN = "small=2x mps:25%/10GiB, large=1x mps:50%/20GiB, batch=1x share"
@@ -183,32 +181,3 @@ def test_tasks_are_submitted_through_gpuslices_task_executor(
     ((context, buffer),) = sent
     assert context == {"task_executor": {"f": TASK_EXECUTOR}}
     assert isinstance(buffer, bytes)
-
-
-def hostile_layout() -> Layout:
-    """A layout whose names would run commands if they reached shell text unquoted.
-
-    Built directly from the dataclasses, as code that bypasses every loader could: whatever
-    validation the loaders do, the shell text gpuslice writes must quote it.
-    """
-    device = "GPU-$(touch /tmp/gpuslice-pwned)"
-    bad = Slice("p;rm -rf ~\n", 0, "share", 0, device, device, sm_count=132, memory_total_mib=1)
-    return Layout((PoolLayout("p;rm -rf ~\n", "share", (bad,)),), "fleet:x", emulated=False)
-
-
-def test_nothing_user_supplied_reaches_the_job_script_unquoted() -> None:
-    layout = hostile_layout()
-    group = group_of(parsl_config(layout, emulated=False))
-    command = group.node_command(
-        group.nodes[0] if group.nodes else _node_with(group, "worker $(id)")
-    )
-    words = shlex.split(command)
-    assert words[1:3] == ["node-run", "--spec"]
-    assert words[4:] == ["--pool", "p;rm -rf ~\n=worker $(id)"]
-    assert decode_spec(words[3]).layout == layout.to_dict()
-
-
-def _node_with(group: NodeGroup, command: str) -> Any:
-    from gpuslice.parsl.group import _Node
-
-    return _Node(index=0, created=0.0, commands=dict.fromkeys(group.pools, command))

@@ -21,8 +21,9 @@ def problems(plan: str, inventory: Inventory) -> list[str]:
     return [str(p) for p in caught.value.problems]
 
 
-def test_slices_bind_to_gpu_uuids_with_mps_settings(h100x2: Inventory, tmp_path: Path) -> None:
-    plan = f"version: 1\nmps_dir: {tmp_path}\npools:\n  small: {{mps: {{compute: 25, memory: 10GiB}}, per_gpu: 2}}\n"
+def test_slices_bind_to_gpu_uuids_with_mps_settings(h100x2: Inventory) -> None:
+    root = Path("/tmp/gs-t")  # short: its sockets must fit the unix path limit
+    plan = f"version: 1\nmps_dir: {root}\npools:\n  small: {{mps: {{compute: 25, memory: 10GiB}}, per_gpu: 2}}\n"
     layout = resolve(plan, h100x2)
     small = layout.pool("small")
     assert [s.device for s in small.slices] == [h100x2.gpus[0].uuid] * 2 + [h100x2.gpus[1].uuid] * 2
@@ -30,11 +31,11 @@ def test_slices_bind_to_gpu_uuids_with_mps_settings(h100x2: Inventory, tmp_path:
     first = small.slices[0]
     assert (first.kind, first.compute, first.memory_mib) == ("mps", 25, 10240)
     assert first.expected_sms == 32  # 25% of 132 SMs, rounded down to whole SM pairs
-    assert first.mps_pipe_dir == str(tmp_path / h100x2.gpus[0].uuid / "pipe")
-    assert first.mps_log_dir == str(tmp_path / h100x2.gpus[0].uuid / "log")
+    assert first.mps_pipe_dir == str(root / h100x2.gpus[0].uuid / "pipe")
+    assert first.mps_log_dir == str(root / h100x2.gpus[0].uuid / "log")
     assert small.pipe_dirs == (
-        str(tmp_path / h100x2.gpus[0].uuid / "pipe"),
-        str(tmp_path / h100x2.gpus[1].uuid / "pipe"),
+        str(root / h100x2.gpus[0].uuid / "pipe"),
+        str(root / h100x2.gpus[1].uuid / "pipe"),
     )
 
 
@@ -121,10 +122,11 @@ def test_pool_level_oversubscribe_needs_every_pool_on_the_gpu(h100x2: Inventory)
 
 def test_memory_caps_over_the_gpu_memory_are_refused(h100x2: Inventory) -> None:
     found = problems("a=3x mps:30%/30GiB", h100x2)
-    assert (
-        "memory caps on GPU 0 (H100-80GB) sum to 90GiB (a: 3x30GiB), more than its 80GiB"
-        in found[0]
-    )
+    # NVML reports 81,559 MiB (79.65 GiB) on an H100 80GB; 3 clients + the MPS server keep
+    # 4 x 512 MiB for their CUDA contexts.
+    assert "memory caps on GPU 0 (H100-80GB) sum to 90GiB (a: 3x30GiB)" in found[0]
+    assert "with 2GiB kept for its 4 CUDA contexts" in found[0]
+    assert "more than its 79.65GiB" in found[0]
 
 
 def test_memory_cap_inside_a_mig_instance_is_checked_against_its_real_size(fleet: Fleet) -> None:
@@ -229,3 +231,17 @@ def test_mig_pools_with_a_count_claim_first_whatever_the_order(fleet: Fleet) -> 
     assert layout.pool_names == ("rest", "two")
     assert len(layout.pool("two").slices) == 2
     assert len(layout.pool("rest").slices) == 5
+
+
+def test_the_slice_bound_counts_mig_instances_that_exist(fleet: Fleet) -> None:
+    plan = (
+        "version: 1\npools:\n  a: {mig: {profile: 1g.5gb, per_instance: 3, mps: {compute: 30}}}\n"
+    )
+    # 1,024 GPUs x 7 instances x 3 clients = 21,504 slices: over the 16,384 bound.
+    many = fleet({"model": "A100-40GB", "count": 1024, "mig": ["1g.5gb"] * 7})
+    assert any("more than 16384 slices" in p for p in problems(plan, many))
+    # The same plan on GPUs without MIG instances makes no slices: no bound, the real reason.
+    plain = fleet({"model": "A100-40GB", "count": 1024})
+    found = problems(plan, plain)
+    assert not any("16384" in p for p in found)
+    assert any("no GPU here is in MIG mode" in p for p in found)

@@ -3,7 +3,8 @@
 (a) ``one-per-gpu``: one worker per GPU, today's FaaS default.
 (b) ``timeshare-N``: N workers per GPU, time-shared (Parsl's own oversubscription, no MPS).
 (c) ``mps-unlimited-N``: N workers per GPU under MPS with no limits (Parsl's MPS recipe).
-(d) ``gpuslice-N``: N MPS slices per GPU, each with 100/N % of the SMs and 1/N of the memory.
+(d) ``gpuslice-N``: N MPS slices per GPU, each with 100/N % of the SMs and 1/N of the memory
+    the planner leaves after its per-context reserve.
 (e) ``batched-N``: one worker per GPU running N tasks' work as one batched call (the ceiling).
 """
 
@@ -71,11 +72,17 @@ def mps_unlimited(n: int) -> Arrangement:
 
 
 def gpuslice_slices(n: int, memory_mib: int) -> Arrangement:
-    """(d) N equal MPS slices per GPU with compute and memory limits."""
-    spec = {"compute": max(1, 100 // n), "memory": f"{max(1, memory_mib // n)}MiB"}
+    """(d) N equal MPS slices per GPU with compute and memory limits.
+
+    Each cap is an equal share of what the planner leaves after its per-context reserve.
+    """
+    from gpuslice.plan.resolve import equal_memory_cap_mib
+
+    cap = equal_memory_cap_mib(memory_mib, n)
+    spec = {"compute": max(1, 100 // n), "memory": f"{cap}MiB"}
     return Arrangement(
         f"gpuslice-{n}",
-        f"gpuslice: {n} slices/GPU, {spec['compute']}% + {memory_mib // n // 1024}GiB each",
+        f"gpuslice: {n} slices/GPU, {spec['compute']}% + {cap // 1024}GiB each",
         "d",
         {"version": 1, "pools": {POOL: {"mps": spec, "per_gpu": n}}},
     )

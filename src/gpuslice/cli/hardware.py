@@ -34,7 +34,7 @@ def gpus(fleet: str | None, as_json: bool) -> None:
             gpu.name,
             gpu.uuid,
             format_mib(gpu.memory_mib),
-            str(gpu.sm_count),
+            str(gpu.sm_count) if gpu.sm_count else "?",  # a model the catalog lacks
             "yes" if gpu.supports_mps else "no",
             mig,
             gpu.compute_mode,

@@ -1,4 +1,4 @@
-"""``gpuslice mps ensure|start|stop|status``: the MPS control daemon of a device."""
+"""``gpuslice mps ensure|start|stop|status|release``: the MPS control daemon of a device."""
 
 from __future__ import annotations
 
@@ -64,25 +64,43 @@ def mps() -> None:
 
 def _status_rows(statuses: list[Any]) -> None:
     table = Table(title="MPS control daemons", title_justify="left")
-    for column in ("pipe dir", "daemon", "servers", "clients", "note"):
+    for column in ("pipe dir", "daemon", "servers", "clients", "leases", "note"):
         table.add_column(column, overflow="fold")
     for st in statuses:
-        note = "started" if st.started else ""
+        notes = ["started"] if st.started else []
         if st.restarted:
-            note = f"restarted (daemon {st.dead_pid} had died)"
+            notes = [f"restarted (daemon {st.dead_pid} had died)"]
+        if st.replaced:
+            notes.append(f"replaced a daemon that would cap clients ({'; '.join(st.replaced)})")
         table.add_row(
             st.pipe_dir,
             f"pid {st.pid}" if st.running else "[red]not running[/]",
             ", ".join(str(s.pid) for s in st.servers) or "-",
             str(len(st.clients)),
-            note,
+            ", ".join(st.leases) or "-",
+            "; ".join(notes),
         )
     console.print(table)
+
+
+def _holder_options(func: Any) -> Any:
+    func = click.option(
+        "--holder-pid",
+        type=click.IntRange(1),
+        help="The process the lease lives with (default: the process that runs this command's "
+        "shell, e.g. the job script); the lease counts only while it runs.",
+    )(func)
+    return click.option(
+        "--holder",
+        help="Take a lease on the daemon under this name; `gpuslice mps release --holder NAME` "
+        "stops the daemon when it drops the last live lease.",
+    )(func)
 
 
 @mps.command()
 @click.option("--device", help="GPU-/MIG- UUID the daemon serves (its CUDA_VISIBLE_DEVICES).")
 @_daemon_options
+@_holder_options
 @json_option
 def ensure(
     pipe_dir: str | None,
@@ -90,19 +108,66 @@ def ensure(
     device: str | None,
     plan: str | None,
     fleet: str | None,
+    holder: str | None,
+    holder_pid: int | None,
     as_json: bool,
 ) -> None:
     """Make sure exactly one daemon answers on the pipe dir; start it if needed.
 
     Safe to run from many workers at once: a file lock, then a real check that the daemon
-    answers. A daemon that died is replaced, and the log says so.
+    answers. A daemon that died is replaced, and the log says so; so is a daemon whose
+    defaults would cap every client, unless it has clients (then this refuses). Daemons start
+    with a clean environment: no MPS limit of this shell reaches them.
     """
     from gpuslice.mps.daemon import ensure as ensure_daemon
 
+    if holder_pid is not None and holder is None:
+        raise UsageError("--holder-pid needs --holder NAME")
+    owner = holder_pid if holder_pid is not None else os.getppid()
     statuses = [
-        ensure_daemon(p, lg, d) for p, lg, d in _targets(pipe_dir, log_dir, device, plan, fleet)
+        ensure_daemon(p, lg, d, holder=holder, holder_pid=owner if holder else None)
+        for p, lg, d in _targets(pipe_dir, log_dir, device, plan, fleet)
     ]
     _report(statuses, as_json)
+
+
+@mps.command()
+@_daemon_options
+@click.option("--holder", required=True, help="The lease to drop (as given to `ensure`).")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait after `quit`."
+)
+@json_option
+def release(
+    pipe_dir: str | None,
+    log_dir: str | None,
+    plan: str | None,
+    fleet: str | None,
+    holder: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Drop a lease; stop the daemon when no live lease is left on it.
+
+    A daemon nobody leased (started by `ensure` without --holder) is never stopped here.
+    """
+    from gpuslice.mps.daemon import release as release_lease
+
+    reports = [
+        (p, release_lease(p, lg, holder, timeout=timeout))
+        for p, lg, _ in _targets(pipe_dir, log_dir, None, plan, fleet)
+    ]
+    if as_json:
+        print_json([{"pipe_dir": p, "stopped": asdict(r) if r else None} for p, r in reports])
+        return
+    for p, r in reports:
+        if r is None:
+            console.print(
+                f"{p}: no lease {holder!r} is left; the daemon keeps running "
+                "(other leases hold it, or it was never leased)"
+            )
+        else:
+            console.print(f"{p}: last lease {holder!r} dropped; stopped daemon {r.daemon_pid}")
 
 
 @mps.command()

@@ -81,7 +81,7 @@ def layout_table(layout: Layout) -> Table:
             str(s.gpu_index),
             s.device,
             compute,
-            f"{s.expected_sms}/{s.sm_count}",
+            f"{'?' if s.expected_sms is None else s.expected_sms}/{s.sm_count or '?'}",
             memory,
         )
     return table

@@ -15,6 +15,20 @@ Sources:
     [MPS] https://docs.nvidia.com/deploy/mps/ — 48 client contexts per device on Volta and
         later. Newer MPS pages are reported to allow 60 from CUDA 13.1; that was NOT confirmed
         here, so gpuslice keeps the documented 48 (the safe lower bound).
+    [MODAL] https://thundergolfer.com/blog/nvidia-gpu-memory-capacity — a table of the
+        memory NVML reports (nvidia-smi ``memory.total``) on rented GPUs: H200 143,771 MiB,
+        H100 81,559, A100 80GB 81,920, A100 40GB 40,960, A10 23,028, L40S 46,068, L4 23,034.
+    [SMI] ``nvidia-smi`` output published by users of real machines (found with a code search
+        of public repositories): the ``memory.total`` column for the named product. Where
+        outputs differ between drivers or ECC settings the LOWEST is kept, so a plan accepted
+        on a fleet file is accepted on the real card.
+
+Whole-GPU memory is what NVML reports, not the marketing size (an "80 GB" H100 reports
+81,559 MiB): plans checked against a fleet file must fit the real card. GDDR6 boards (A40,
+L40, L40S, RTX 6000 Ada) report 46,068 MiB with ECC on and 49,140 MiB with ECC off; the
+catalog keeps the ECC-on figure. Memory only matters for fleet files: NVML-discovered GPUs
+use NVML's own total, and GPUs missing from the catalog are planned with NVML's memory and
+an unknown SM count.
 
 Usable memory of a MIG profile differs by a few hundred MiB between driver releases (e.g. the
 H100 ``1g.10gb`` prints 9.62 GiB on one driver and 9.75 GiB on another). The tables keep the
@@ -25,6 +39,7 @@ driver. Values marked ``UNCONFIRMED`` are documented nominal sizes or estimates.
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +112,19 @@ class GpuModel:
 
 # Volta and later: 48 client contexts per device [MPS]. (60 from CUDA 13.1: unconfirmed.)
 MPS_MAX_CLIENTS = 48
+
+#: Device memory gpuslice keeps free for each CUDA context on a device: every worker (MPS
+#: client or time-shared process) and the MPS server. Memory caps plus this reserve must fit
+#: in the device's memory. NVIDIA documents no per-context figure, so the value comes from
+#: measurements by others, rounded up: a PyTorch context "uses around 400MB if CUDA >= 11.7
+#: is used and lazy module loading enabled" (NVIDIA's ptrblck in
+#: https://github.com/pytorch/pytorch/issues/109888; "~300MB" in
+#: https://github.com/pytorch/pytorch/issues/107667), a bare context held 256 MiB on an RTX
+#: 3090 (https://github.com/invoke-ai/InvokeAI/issues/9413), and an idle MPS server 27 MB on a
+#: V100 (https://github.com/nebuly-ai/nos/issues/39). Under Volta MPS each client keeps its
+#: own context storage, "so the resource reduction is to a much lesser degree"
+#: (https://docs.nvidia.com/deploy/mps/when-to-use-mps.html). Owed: measure on a real GPU.
+CUDA_CONTEXT_RESERVE_MIB = 512
 
 _ONE_SLICE_STARTS = (0, 1, 2, 3, 4, 5, 6)
 
@@ -254,16 +282,38 @@ def _plain_model(
     )
 
 
-# Whole-GPU memory: NVML's total for 40/80 GB A100 and H100 is 40960/81920 MiB ([GO-NVML]
-# mocks); the others are nominal capacities (UNCONFIRMED against NVML, which may report a
-# little less, e.g. 46068 MiB on L40S and 23034 MiB on L4 as nvidia-smi prints them).
+def _mig_capable_model(
+    name: str,
+    nvml_names: tuple[str, ...],
+    architecture: str,
+    sm_count: int,
+    memory_mib: int,
+) -> GpuModel:
+    """A MIG-capable model whose profile table gpuslice does not have (yet).
+
+    Plans may still use its MIG instances on real hardware, where NVML reports each
+    instance's memory and SMs; a fleet file cannot describe them.
+    """
+    return GpuModel(
+        name=name,
+        nvml_names=nvml_names,
+        architecture=architecture,
+        sm_count=sm_count,
+        memory_mib=memory_mib,
+        mps=True,
+        mig=True,
+        max_mps_clients=MPS_MAX_CLIENTS,
+    )
+
+
+# Whole-GPU memory is NVML's total ([MODAL], [SMI]); see the module docstring.
 _MODEL_LIST: tuple[GpuModel, ...] = (
     _mig_model(
         "A100-40GB",
         ("NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB", "A100-SXM4-40GB", "A100-PCIE-40GB"),
         "Ampere",
         108,
-        40960,
+        40960,  # [MODAL]
         _A100_40GB_PROFILES,
     ),
     _mig_model(
@@ -271,7 +321,7 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
         ("NVIDIA A100-SXM4-80GB", "NVIDIA A100-PCIE-80GB", "NVIDIA A100 80GB PCIe"),
         "Ampere",
         108,
-        81920,
+        81920,  # [MODAL]
         _A100_80GB_PROFILES,
     ),
     _mig_model(
@@ -279,7 +329,7 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
         ("NVIDIA H100 80GB HBM3",),
         "Hopper",
         132,
-        81920,
+        81559,  # [MODAL]; also the emulated H100 of gpuslice.emulate.model
         _H100_80GB_PROFILES,
     ),
     _mig_model(
@@ -287,7 +337,7 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
         ("NVIDIA H100 PCIe",),
         "Hopper",
         114,
-        81920,
+        81559,  # UNCONFIRMED: assumed equal to the SXM part's NVML total
         _H100_PCIE_80GB_PROFILES,
     ),
     _mig_model(
@@ -295,7 +345,7 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
         ("NVIDIA H100 NVL",),
         "Hopper",
         132,
-        96256,  # 94 GiB nominal, UNCONFIRMED
+        95830,  # [SMI] "NVIDIA H100 NVL ... 95830MiB" (several machines and drivers)
         _H100_NVL_94GB_PROFILES,
     ),
     _mig_model(
@@ -303,7 +353,7 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
         ("NVIDIA H200", "NVIDIA H200 NVL"),
         "Hopper",
         132,
-        144384,  # 141 GiB nominal, UNCONFIRMED
+        143771,  # [MODAL] (H200 SXM; the NVL board's total is UNCONFIRMED)
         _H200_141GB_PROFILES,
     ),
     _mig_model(
@@ -311,25 +361,76 @@ _MODEL_LIST: tuple[GpuModel, ...] = (
         ("NVIDIA A30",),
         "Ampere",
         56,
-        24576,  # 24 GiB nominal, UNCONFIRMED
+        24576,  # [SMI] "NVIDIA A30 ... 24576MiB"
         _A30_24GB_PROFILES,
         slices=(4, 4),
     ),
-    _plain_model("L40S", ("NVIDIA L40S",), "Ada", 142, 46068),
-    _plain_model("L4", ("NVIDIA L4",), "Ada", 58, 23034),
+    _plain_model("L40S", ("NVIDIA L40S",), "Ada", 142, 46068),  # [MODAL]
+    _plain_model("L4", ("NVIDIA L4",), "Ada", 58, 23034),  # [MODAL]
+    # V100: [SMI] shows 16130 and 16160 MiB (16 GB), 32502 and 32768 MiB (32 GB); lowest kept.
     _plain_model(
         "V100-16GB",
         ("Tesla V100-SXM2-16GB", "Tesla V100-PCIE-16GB", "Tesla V100-FHHL-16GB"),
         "Volta",
         80,
-        16384,
+        16130,
     ),
     _plain_model(
         "V100-32GB",
         ("Tesla V100-SXM2-32GB", "Tesla V100-PCIE-32GB", "Tesla V100S-PCIE-32GB"),
         "Volta",
         80,
-        32768,
+        32502,
+    ),
+    # Current data-centre models without a MIG profile table here. SM counts: CUDA cores
+    # divided by 128 per SM (Ampere GA10x, Ada, Hopper), as NVIDIA's product pages give the
+    # core counts; memory: [MODAL] / [SMI]; each other value is marked UNCONFIRMED.
+    # A40: 10,752 cores; spec pages list "SM Count 84" (https://www.elprocus.com/nvidia-a40-gpu:
+    # "GPCs - 7, SMs - 84, and TPCs - 42"); memory [SMI] (46068 MiB ECC on, 49140 MiB ECC off).
+    _plain_model("A40", ("NVIDIA A40",), "Ampere", 84, 46068),
+    _plain_model("A10", ("NVIDIA A10",), "Ampere", 72, 23028),  # 9,216 cores UNCONFIRMED; [MODAL]
+    _plain_model("L40", ("NVIDIA L40",), "Ada", 142, 46068),  # UNCONFIRMED: as L40S (18,176 cores)
+    _plain_model(
+        "RTX-6000-Ada",
+        ("NVIDIA RTX 6000 Ada Generation",),
+        "Ada",
+        142,  # 18,176 cores UNCONFIRMED
+        46068,  # [SMI] shows 49140 MiB with ECC off; ECC-on figure as the other 48 GB boards
+    ),
+    _mig_capable_model(
+        "B200",
+        ("NVIDIA B200",),
+        "Blackwell",
+        148,  # [SMI] a device query of "NVIDIA B200" printing "Processor(s): 148"
+        183359,  # [SMI] "NVIDIA B200 ... 183359MiB" (several machines, drivers 570-595)
+    ),
+    _mig_capable_model(
+        "GH200",
+        ("NVIDIA GH200 480GB", "NVIDIA GH200 120GB", "GH200 120GB"),
+        "Hopper",
+        132,  # UNCONFIRMED: the H100 SXM5 configuration
+        97871,  # [SMI] "NVIDIA GH200 480GB ... 97871MiB"; the 144 GB HBM3e part: UNCONFIRMED
+    ),
+    _mig_capable_model(
+        "H20",
+        ("NVIDIA H20",),
+        "Hopper",
+        78,  # UNCONFIRMED: 78 SMs as reported from a Geekbench 6 run, not by NVIDIA
+        97871,  # [SMI] "NVIDIA H20 ... 97871MiB"
+    ),
+    _mig_capable_model(
+        "H800",
+        ("NVIDIA H800", "NVIDIA H800 80GB HBM3"),
+        "Hopper",
+        132,  # UNCONFIRMED: the H100 SXM5 configuration
+        81559,  # UNCONFIRMED: assumed equal to the H100 SXM5's NVML total
+    ),
+    _mig_capable_model(
+        "A800-80GB",
+        ("NVIDIA A800-SXM4-80GB", "NVIDIA A800 80GB PCIe"),
+        "Ampere",
+        108,  # UNCONFIRMED: the A100 configuration
+        81920,  # UNCONFIRMED: assumed equal to the A100 80GB's NVML total
     ),
 )
 
@@ -367,18 +468,34 @@ def model_for_nvml_name(name: str, memory_mib: int | None = None) -> GpuModel | 
             return model
     # Names not listed verbatim (a new board variant, a "Mock " prefix in NVIDIA's own mocks):
     # match on the family and let memory choose among its sizes.
+    # Longer tokens first: "gh200" contains "h200", "h200" contains "h20", "a100" "a10".
     families = (
+        ("gh200", ("GH200",)),
         ("a100", ("A100-40GB", "A100-80GB")),
+        ("a800", ("A800-80GB",)),
         ("h100 nvl", ("H100-NVL-94GB",)),
         ("h100 pcie", ("H100-PCIe-80GB",)),
         ("h100", ("H100-80GB",)),
         ("h200", ("H200-141GB",)),
+        ("h800 pcie", ()),  # 114 SMs like the H100 PCIe? UNCONFIRMED: leave it unknown
+        ("h800", ("H800",)),
+        ("h20", ("H20",)),
+        ("b200", ("B200",)),
         ("a30", ("A30-24GB",)),
+        ("a40", ("A40",)),
+        ("a10", ("A10",)),
         ("l40s", ("L40S",)),
+        ("l40", ("L40",)),
+        ("rtx 6000 ada", ("RTX-6000-Ada",)),
         ("v100", ("V100-16GB", "V100-32GB")),
     )
+    words = re.split(r"[\s_-]+", wanted)
     for token, names in families:
-        if token in wanted:
+        # Whole words: "a10" must not match "a100", nor "h20" "h200" or "l40" "l40s".
+        parts = token.split()
+        if any(words[i : i + len(parts)] == parts for i in range(len(words))):
+            if not names:
+                return None
             candidates = [MODELS[n] for n in names]
             if len(candidates) == 1 or memory_mib is None:
                 sized = [m for m in candidates if m.name.lower().split("-")[-1] in wanted]

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpuslice.hardware.catalog import GpuModel
+
+#: The compute modes a GPU can be in, named as ``nvidia-smi -q`` prints them. NVML's
+#: ``nvmlComputeMode_t`` also has EXCLUSIVE_THREAD, whose support NVIDIA removed
+#: (https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceEnumvs.html, nvmlComputeMode_t).
+COMPUTE_MODES = ("Default", "Exclusive_Process", "Prohibited")
+_MODE_ALIASES = {
+    "default": "Default",
+    "exclusive_process": "Exclusive_Process",
+    "e_process": "Exclusive_Process",  # the abbreviation in nvidia-smi's table
+    "prohibited": "Prohibited",
+}
+
+
+def compute_mode(text: str) -> str | None:
+    """The canonical name of a compute mode (case and separators ignored), or None if unknown.
+
+    ``exclusive_process``, ``EXCLUSIVE_PROCESS`` (as ``nvidia-smi -c`` takes it) and
+    ``E. Process`` (as nvidia-smi's table shows it) all give ``Exclusive_Process``.
+    """
+    key = re.sub(r"[\s_.-]+", "_", text.strip().lower()) if len(text) <= 40 else ""
+    return _MODE_ALIASES.get(key)
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,8 @@ class Gpu:
         name: product name as NVML reports it (or the catalog name for a fleet file).
         model: the catalog entry, or None when the GPU is not in the catalog.
         memory_mib: total device memory.
-        sm_count: streaming multiprocessors (from the catalog when NVML cannot tell).
+        sm_count: streaming multiprocessors (from the catalog; 0 when the model is not in
+            the catalog and the count is unknown: slices then get no expected SM count).
         mig_enabled: whether MIG mode is on (current mode).
         mig_devices: MIG compute instances present, in NVML order.
         compute_mode: ``Default``, ``Exclusive_Process`` or ``Prohibited``.

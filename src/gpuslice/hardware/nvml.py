@@ -188,7 +188,9 @@ def _read_gpu(nvml: ModuleType, index: int) -> Gpu:
         name=name,
         model=model,
         memory_mib=memory_mib,
-        # NVML has no SM count for a whole GPU; the catalog has it (0 when the model is unknown).
+        # NVML has no SM count for a whole GPU; the catalog has it. A model the catalog lacks
+        # gets 0 (unknown): it stays usable, since compute percentages and memory caps need no
+        # catalog, and its slices get no expected SM count (the worker skips that check).
         sm_count=model.sm_count if model is not None else 0,
         mig_enabled=mig_enabled,
         mig_devices=mig_devices,

@@ -1,4 +1,4 @@
-"""The lifecycle of one MPS control daemon per device: ensure, start, stop, status.
+"""The lifecycle of one MPS control daemon per device: ensure, start, stop, status, leases.
 
 Each device (a ``GPU-…`` or ``MIG-…`` UUID) gets its own daemon, pipe directory and log
 directory (see :mod:`gpuslice.mps.paths`). A daemon is started as NVIDIA describes it,
@@ -8,40 +8,75 @@ https://docs.nvidia.com/deploy/topics/topic_6_1_2_1.html ; NVIDIA recommends UUI
 ``CUDA_VISIBLE_DEVICES`` because indices are remapped by the MPS server:
 https://docs.nvidia.com/deploy/mps/latest/appendix-environment-variables.html
 
+Nothing else of the caller's environment reaches a daemon: ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``
+set for the control daemon "will set the default active thread percentage for all servers
+spawned", and a client's own value "cannot be higher" (NVIDIA's nvidia-cuda-mps-control man
+page, ENVIRONMENT), so one pool's limit exported by its ``worker_init`` would cap every other
+pool on the GPU. For the same reason :func:`ensure` checks the defaults of a daemon it finds
+running and replaces one that would cap clients (or refuses, if clients use it).
+
 :func:`ensure` is idempotent and safe when many processes on one node call it at once
 (every Parsl block's ``worker_init`` does): an fcntl lock beside the pipe directory
-serialises them, and the daemon must really answer before anyone goes on.
+serialises them, and the daemon must really answer before anyone goes on. Callers that start
+a daemon for a while (a workflow) take a lease (``holder``) and :func:`release` it; the daemon
+stops when its last live lease is released.
+
+Files gpuslice keeps beside each pipe directory ``<root>/<device>/pipe``: ``pipe.lock`` (the
+lock), ``pipe.pid`` (the daemon's PID: NVIDIA's 535 daemon writes no PID file; newer ones
+write ``nvidia-cuda-mps-control.pid`` in the pipe directory, which is read too) and
+``pipe.leases/<holder>`` (one lease each).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import errno
 import fcntl
 import os
+import re
 import signal
-import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpuslice.errors import MpsError
-from gpuslice.mps import control
+from gpuslice.mps import control, paths
 
-#: NVIDIA's PID file of the control daemon, inside the pipe directory:
-#: https://docs.nvidia.com/deploy/mps/appendix-tools-and-interface-reference.html
+#: NVIDIA's PID file of the control daemon inside the pipe directory, written by newer
+#: drivers (https://docs.nvidia.com/deploy/mps/appendix-tools-and-interface-reference.html);
+#: driver 535's daemon writes none.
 PID_FILE = "nvidia-cuda-mps-control.pid"
 #: The daemon's own log in the log directory:
 #: https://docs.nvidia.com/deploy/mps/latest/appendix-logging.html
 CONTROL_LOG = "control.log"
-#: gpuslice's notes about the daemon (restarts, kills), beside NVIDIA's logs.
+#: gpuslice's notes about the daemon (restarts, kills, replacements), beside NVIDIA's logs.
 GPUSLICE_LOG = "gpuslice.log"
 #: Seconds :func:`ensure` waits for the lock and then for a new daemon to answer.
 DEFAULT_TIMEOUT_S = 10.0
+#: What of the caller's environment a daemon keeps: what finds programs and libraries, the
+#: user and locale, and the emulated GPU's state directory. Never an MPS limit.
+DAEMON_ENV_KEEP = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "GPUSLICE_EMULATE_DIR",
+)
+#: A daemon whose environment holds this passes it to the servers it starts.
+INHERITED_LIMIT = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
+_HOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -52,11 +87,13 @@ class DaemonStatus:
         pipe_dir: the daemon's ``CUDA_MPS_PIPE_DIRECTORY``.
         log_dir: its ``CUDA_MPS_LOG_DIRECTORY``, when known.
         running: a daemon answers on the pipe directory.
-        pid: PID from ``nvidia-cuda-mps-control.pid``, when the file exists.
+        pid: the daemon's PID (from gpuslice's record, NVIDIA's PID file or its socket).
         servers: its MPS servers and their clients (empty when not running).
         started: this call started the daemon.
-        restarted: the PID file named a dead daemon, which this call replaced.
+        restarted: the record named a dead daemon, which this call replaced.
         dead_pid: that dead daemon's PID.
+        replaced: why this call replaced a running daemon (defaults that cap clients).
+        leases: holders with a live lease on the daemon.
     """
 
     pipe_dir: str
@@ -67,6 +104,8 @@ class DaemonStatus:
     started: bool = False
     restarted: bool = False
     dead_pid: int | None = None
+    replaced: tuple[str, ...] = ()
+    leases: tuple[str, ...] = ()
 
     @property
     def clients(self) -> tuple[int, ...]:
@@ -85,6 +124,8 @@ class StopReport:
         quit_accepted: the daemon accepted ``quit``.
         server_pids: the MPS servers it had.
         killed: PIDs that did not exit in time and were killed with SIGKILL.
+        quit_status: the daemon's exit status on ``quit`` as NVIDIA's front end reported it
+            (0: every server exited gracefully), None without a ``quit``.
     """
 
     pipe_dir: str
@@ -93,6 +134,7 @@ class StopReport:
     quit_accepted: bool
     server_pids: tuple[int, ...]
     killed: tuple[int, ...]
+    quit_status: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -118,74 +160,134 @@ def process_alive(pid: int) -> bool:
     return text.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
-def read_pid(pipe_dir: str) -> int | None:
-    """The PID in the pipe directory's ``nvidia-cuda-mps-control.pid``, if any."""
+def _start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22): with the PID
+    it names one process, even after the PID is reused."""
     try:
-        return int(Path(pipe_dir, PID_FILE).read_text().strip())
-    except (OSError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
         return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def _beside(pipe_dir: str, suffix: str) -> Path:
+    pipe = Path(pipe_dir)
+    return pipe.with_name(pipe.name + suffix)
 
 
 def lock_path(pipe_dir: str) -> str:
     """The lock file :func:`ensure` holds, beside the pipe directory: ``<device>/pipe.lock``."""
-    pipe = Path(pipe_dir)
-    return str(pipe.with_name(pipe.name + ".lock"))
+    return str(_beside(pipe_dir, ".lock"))
+
+
+def record_path(pipe_dir: str) -> str:
+    """gpuslice's record of the daemon's PID, beside the pipe directory: ``pipe.pid``."""
+    return str(_beside(pipe_dir, ".pid"))
+
+
+def leases_path(pipe_dir: str) -> str:
+    """The directory of the daemon's leases, beside the pipe directory: ``pipe.leases``."""
+    return str(_beside(pipe_dir, ".leases"))
+
+
+def read_pid(pipe_dir: str) -> int | None:
+    """The daemon PID last recorded for ``pipe_dir`` (the process may have died since).
+
+    gpuslice's ``pipe.pid`` first, else NVIDIA's ``nvidia-cuda-mps-control.pid`` (newer drivers).
+    """
+    for path in (Path(record_path(pipe_dir)), Path(pipe_dir, PID_FILE)):
+        try:
+            return int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _looks_like_control(pid: int) -> bool:
+    """Guard against PID reuse: does ``pid`` run an MPS control program?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return True  # cannot tell; assume the record is right
+    return b"mps-control" in cmdline or b"mps_control" in cmdline
+
+
+def daemon_pid(pipe_dir: str) -> int | None:
+    """PID of the live control daemon of ``pipe_dir``, None when none runs.
+
+    The recorded PID when it still runs a control program; else whoever listens on the
+    daemon's control socket (``SO_PEERCRED``), which also finds daemons gpuslice did not start.
+    """
+    recorded = read_pid(pipe_dir)
+    if recorded is not None and process_alive(recorded) and _looks_like_control(recorded):
+        return recorded
+    return control.listener_pid(pipe_dir)
+
+
+def _write_record(pipe_dir: str, pid: int) -> None:
+    path = Path(record_path(pipe_dir))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def _forget_record(pipe_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        Path(record_path(pipe_dir)).unlink()
+
+
+def _missing_levels(path: str) -> list[Path]:
+    """``path`` and its parents that do not exist yet, highest first."""
+    return [p for p in reversed((Path(path), *Path(path).parents)) if not p.exists()]
 
 
 def _make_dirs(path: str) -> None:
     """Create ``path`` and any missing parent with mode 0700 (makedirs would not for parents)."""
-    missing = [p for p in (Path(path), *Path(path).parents) if not p.exists()]
-    for directory in reversed(missing):
+    for directory in _missing_levels(path):
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError:
-            pass  # another process made it first; it is checked below
+            pass  # another process made it first; it is checked afterwards
         except OSError as err:
             raise MpsError(f"cannot create MPS directory {directory}: {err}") from err
 
 
-def check_private_dir(path: str, what: str) -> None:
-    """Refuse a directory that someone else owns or that group/others can write.
-
-    Raises:
-        MpsError: naming the path and the fix.
-    """
-    try:
-        info = os.stat(path)
-    except OSError as err:
-        raise MpsError(f"cannot inspect MPS {what} directory {path}: {err}") from err
-    if not stat.S_ISDIR(info.st_mode):
-        raise MpsError(f"MPS {what} directory {path} is not a directory; remove it and retry")
-    uid = os.getuid()
-    if info.st_uid != uid:
-        raise MpsError(
-            f"MPS {what} directory {path} is owned by uid {info.st_uid}, not by you "
-            f"(uid {uid}): its daemon is not yours to use. Remove it or point "
-            "GPUSLICE_MPS_ROOT at a directory of your own"
-        )
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o022:
-        raise MpsError(
-            f"MPS {what} directory {path} is writable by group or others (mode {mode:04o}): "
-            f"anyone could hijack the daemon's pipes. Run `chmod 700 {path}` and retry"
-        )
-
-
 def prepare_directories(pipe_dir: str, log_dir: str) -> None:
-    """Create the pipe and log directories (mode 0700) and check that they are private.
+    """Create the pipe and log directories (mode 0700) and check that no one else can meddle.
+
+    Every level gpuslice creates, and every level of the default root in the shared tmp
+    directory, must be this user's and closed to others; the levels above must not let
+    another user replace them (see :func:`gpuslice.mps.paths.unsafe_ancestors`). NVIDIA's
+    daemon would create a missing pipe directory world-writable (mode 0777, observed with
+    driver 535), so gpuslice always creates it first.
 
     Raises:
-        MpsError: a directory cannot be created, or is not private to this user.
+        MpsError: a directory cannot be created, or is not safe; the message says how to fix it.
     """
+    too_long = paths.pipe_dir_problems(pipe_dir)
+    if too_long:
+        raise MpsError(too_long[0])
+    top = paths.tmp_root_top()
     for path, what in ((pipe_dir, "pipe"), (log_dir, "log")):
+        missing = _missing_levels(path)
+        private_from = str(missing[0]) if missing else path
+        if top == Path(path) or top in Path(path).parents:
+            private_from = str(top)
         _make_dirs(path)
-        check_private_dir(path, what)
+        problems = paths.unsafe_ancestors(path, private_from=private_from)
+        if problems:
+            raise MpsError(
+                f"MPS {what} directory {path} is not safe to use:\n  - " + "\n  - ".join(problems)
+            )
 
 
 @contextlib.contextmanager
 def _locked(pipe_dir: str, timeout: float) -> Iterator[None]:
     path = lock_path(pipe_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise MpsError(f"cannot open the MPS lock file {path}: {err}") from err
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -224,13 +326,125 @@ def log_tail(log_dir: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"({CONTROL_LOG} is empty)"
 
 
-def _looks_like_control(pid: int) -> bool:
-    """Guard against PID reuse: does ``pid`` run an MPS control program?"""
+def daemon_environment(
+    pipe_dir: str,
+    log_dir: str,
+    device: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment a control daemon starts with.
+
+    What the daemon itself needs: its pipe and log directories, ``CUDA_VISIBLE_DEVICES`` for
+    its device, and from ``environ`` only :data:`DAEMON_ENV_KEEP` (PATH, HOME, …). No MPS
+    limit of the caller's, no ``CUDA_VISIBLE_DEVICES`` of the caller's when ``device`` is None.
+    """
+    source = os.environ if environ is None else environ
+    env = {key: source[key] for key in DAEMON_ENV_KEEP if key in source}
+    env["CUDA_MPS_PIPE_DIRECTORY"] = pipe_dir
+    env["CUDA_MPS_LOG_DIRECTORY"] = log_dir
+    if device:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    return env
+
+
+def _environ_of(pid: int | None) -> dict[str, str]:
+    """The environment ``pid`` started with ({} when it cannot be read: not ours)."""
+    if pid is None:
+        return {}
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
-        return True  # cannot tell; assume the PID file is right
-    return b"mps-control" in cmdline or b"mps_control" in cmdline
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
+
+
+def _served_ordinals(device: str | None) -> tuple[int, ...]:
+    # A daemon started with CUDA_VISIBLE_DEVICES=<uuid> sees one device, ordinal 0. For a
+    # daemon over every visible device gpuslice cannot count them without NVML: 0 is checked.
+    if device and "," in device:
+        return tuple(range(len(device.split(","))))
+    return (0,)
+
+
+def capping_defaults(
+    pipe_dir: str, device: str | None = None, seen: control.Snapshot | None = None
+) -> list[str]:
+    """What about a running daemon would cap every client below its own limits.
+
+    A default active thread percentage below 100 (a client "cannot be higher"), a default
+    pinned memory limit on a device it serves, and ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` in its
+    environment (its servers inherit it; NVIDIA's 535 daemon does not show it as a default).
+
+    Args:
+        pipe_dir: the daemon's pipe directory.
+        device: what it serves (its ``CUDA_VISIBLE_DEVICES``).
+        seen: its snapshot for device ordinal 0, when already read.
+
+    Raises:
+        MpsError: the daemon does not answer.
+    """
+    first, *others = _served_ordinals(device)
+    seen = seen if seen is not None else control.snapshot(pipe_dir, first)
+    reasons: list[str] = []
+    if seen.active_thread_percentage < 100:
+        reasons.append(f"default active thread percentage {seen.active_thread_percentage:g}%")
+    limits = [(first, seen.pinned_mib)]
+    limits += [(o, control.get_default_device_pinned_mem_limit(pipe_dir, o)) for o in others]
+    for ordinal, mib in limits:
+        if mib is not None:
+            reasons.append(
+                f"default pinned memory limit {control.pinned_limit_text(mib)} on device {ordinal}"
+            )
+    inherited = _environ_of(daemon_pid(pipe_dir)).get(INHERITED_LIMIT)
+    if inherited is not None:
+        reasons.append(f"{INHERITED_LIMIT}={inherited} in its environment")
+    return reasons
+
+
+def _check_holder(holder: str) -> None:
+    if not _HOLDER.match(holder):
+        raise MpsError(
+            f"lease holder {holder!r} is not a valid name: use letters, digits and . _ @ : + - "
+            "(at most 128 characters, not starting with a punctuation mark)"
+        )
+
+
+def _lease_live(path: Path) -> bool:
+    try:
+        words = path.read_text().split()
+        pid = int(words[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    started = words[1] if len(words) > 1 else None
+    return process_alive(pid) and (started is None or _start_time(pid) in (None, started))
+
+
+def leases(pipe_dir: str) -> tuple[str, ...]:
+    """Holders with a live lease on the daemon of ``pipe_dir`` (a dead holder's lease is none)."""
+    directory = Path(leases_path(pipe_dir))
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return ()
+    return tuple(
+        entry.name for entry in entries if _HOLDER.match(entry.name) and _lease_live(entry)
+    )
+
+
+def _add_lease(pipe_dir: str, holder: str, pid: int) -> None:
+    directory = Path(leases_path(pipe_dir))
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    problems = paths.unsafe_ancestors(str(directory), private_from=str(directory))
+    if problems:
+        raise MpsError(f"MPS lease directory {directory} is not safe: {'; '.join(problems)}")
+    if not process_alive(pid):
+        raise MpsError(f"lease holder {holder!r}: process {pid} does not run")
+    path = directory / holder
+    tmp = directory / f".{holder}.{os.getpid()}"
+    tmp.write_text(f"{pid} {_start_time(pid) or ''}\n".rstrip() + "\n")
+    tmp.replace(path)
 
 
 def ensure(
@@ -240,126 +454,122 @@ def ensure(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     holder: str | None = None,
+    holder_pid: int | None = None,
 ) -> DaemonStatus:
     """Make sure exactly one daemon answers on ``pipe_dir``, starting it if needed.
 
     Safe to call from many processes at once: they serialise on a file lock and all but
-    the first find the daemon answering. With ``holder``, the caller also takes a lease on
-    the daemon (:func:`release` stops it once the last live lease is gone).
+    the first find the daemon answering. A running daemon whose defaults would cap clients
+    (:func:`capping_defaults`: one started with a pool's limits in its environment, or
+    reconfigured) is replaced when it has no clients, and refused when it has.
 
     Args:
         pipe_dir: the daemon's pipe directory (created 0700 if missing).
         log_dir: its log directory (created 0700 if missing).
         device: the ``GPU-…``/``MIG-…`` UUID the daemon serves (its ``CUDA_VISIBLE_DEVICES``).
         timeout: seconds to wait for the lock, and then for a new daemon to answer.
-        holder: a name for the caller's lease (e.g. ``node-run.<group>.<pid>``); the lease
-            lives as long as the process that took it.
+        holder: take a lease on the daemon under this name (see :func:`release`); a daemon
+            nobody leases is never stopped by :func:`release`.
+        holder_pid: the process the lease lives with (default: this one); the lease counts
+            only while it runs.
 
     Returns:
         The status; ``started`` tells whether this call started the daemon, ``restarted``
-        whether it replaced a dead one (also noted in ``<log_dir>/gpuslice.log``).
+        whether it replaced a dead one, ``replaced`` why it replaced a capping one (all
+        also noted in ``<log_dir>/gpuslice.log``).
 
     Raises:
-        MpsError: unsafe directories, no control program, or a daemon that does not answer.
+        MpsError: unsafe directories, no control program, a daemon that does not answer, or
+            a capping daemon that serves clients.
     """
+    if holder is not None:
+        _check_holder(holder)
     prepare_directories(pipe_dir, log_dir)
     with _locked(pipe_dir, timeout):
-        if control.ping(pipe_dir):
-            found = status(pipe_dir, log_dir)
-            if holder is not None and not _lease_files(pipe_dir):
-                # Started by hand (or by an older gpuslice): its owner is not a lease holder,
-                # so the holders' release must never stop it.
-                _write_lease(pipe_dir, EXTERNAL_LEASE, pid=0)
+        seen = _snapshot(pipe_dir, _served_ordinals(device)[0])
+        if seen is None:
+            result = _start_locked(pipe_dir, log_dir, device, timeout)
         else:
-            found = _start_locked(pipe_dir, log_dir, device, timeout)
+            caps = capping_defaults(pipe_dir, device, seen)
+            result = DaemonStatus(
+                pipe_dir=pipe_dir,
+                log_dir=log_dir,
+                running=True,
+                pid=daemon_pid(pipe_dir),
+                servers=control.servers(pipe_dir, seen.server_pids),
+            )
+            if caps:
+                result = _replace_capping(result, caps, device, timeout)
         if holder is not None:
-            _write_lease(pipe_dir, holder)
-        return found
+            _add_lease(pipe_dir, holder, os.getpid() if holder_pid is None else holder_pid)
+            note(log_dir, f"lease {holder!r} taken on daemon {result.pid}")
+        return dataclasses.replace(result, leases=leases(pipe_dir))
 
 
-def _lease_dir(pipe_dir: str) -> Path:
-    """Leases on the daemon of ``pipe_dir``: ``<device>/pipe.leases/<holder>`` (holder's PID)."""
-    pipe = Path(pipe_dir)
-    return pipe.with_name(pipe.name + ".leases")
-
-
-#: The lease that stands for a daemon's owner outside gpuslice's leases (started by hand).
-EXTERNAL_LEASE = "external"
-
-
-def _lease_files(pipe_dir: str) -> list[Path]:
+def _snapshot(pipe_dir: str, ordinal: int) -> control.Snapshot | None:
+    """The daemon's snapshot, None when no daemon answers (as :func:`control.ping` says no)."""
+    control.control_program()  # a missing program is an error to report, not a "no"
     try:
-        return list(_lease_dir(pipe_dir).iterdir())
-    except OSError:
-        return []
+        return control.snapshot(pipe_dir, ordinal, timeout=5.0)
+    except (control.DaemonUnreachable, control.ControlTimeout):
+        return None  # a hung daemon is handled like a dead one: its PID record decides
 
 
-def _write_lease(pipe_dir: str, holder: str, pid: int | None = None) -> None:
-    """Record ``holder``'s lease with its PID; an existing live lease of that holder is kept.
-
-    Keeping it matters: a worker that restarts a daemon re-leases it for its node run, whose
-    PID (not the worker's) must stay in the lease.
-    """
-    if not holder or "/" in holder or holder in (".", ".."):
-        raise MpsError(f"a lease holder is a plain name, not {holder!r}")
-    directory = _lease_dir(pipe_dir)
-    _make_dirs(str(directory))
-    check_private_dir(str(directory), "lease")
-    path = directory / holder
-    if holder in _live_leases(pipe_dir):
-        return
-    path.write_text(f"{os.getpid() if pid is None else pid}\n")
-
-
-def _live_leases(pipe_dir: str) -> dict[str, int]:
-    """Holder -> PID of every lease whose process is alive (dead holders' leases are removed)."""
-    live: dict[str, int] = {}
-    directory = _lease_dir(pipe_dir)
-    try:
-        entries = list(directory.iterdir())
-    except OSError:
-        return live
-    for entry in entries:
-        try:
-            pid = int(entry.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if entry.name == EXTERNAL_LEASE or process_alive(pid):
-            live[entry.name] = pid
-        else:
-            with contextlib.suppress(OSError):
-                entry.unlink()
-    return live
-
-
-def leases(pipe_dir: str) -> tuple[str, ...]:
-    """Holders with a live lease on the daemon of ``pipe_dir``, sorted."""
-    return tuple(sorted(_live_leases(pipe_dir)))
+def _replace_capping(
+    current: DaemonStatus, caps: list[str], device: str | None, timeout: float
+) -> DaemonStatus:
+    pipe_dir, log_dir = current.pipe_dir, current.log_dir or ""
+    listed = "; ".join(caps)
+    if current.clients:
+        raise MpsError(
+            f"the MPS control daemon {current.pid} of {pipe_dir} would cap every client of "
+            f"its device ({listed}), and clients {', '.join(map(str, current.clients))} use "
+            "it, so gpuslice will not replace it: let them finish, then run `gpuslice mps stop "
+            f"--pipe-dir {pipe_dir}` and ensure it again (gpuslice starts daemons with a clean "
+            "environment)"
+        )
+    note(
+        log_dir, f"MPS control daemon {current.pid} would cap every client ({listed}); replacing it"
+    )
+    stop(pipe_dir, timeout, log_dir)
+    started = _start_locked(pipe_dir, log_dir, device, timeout)
+    return dataclasses.replace(started, replaced=tuple(caps))
 
 
 def release(
     pipe_dir: str, log_dir: str, holder: str, *, timeout: float = DEFAULT_TIMEOUT_S
 ) -> StopReport | None:
-    """Give up ``holder``'s lease; stop the daemon when no live lease is left.
+    """Drop ``holder``'s lease; stop the daemon when no live lease is left.
 
-    Lock-safe against concurrent :func:`ensure` and :func:`release` calls: a process that
-    leases the daemon while it is being released either keeps it running or finds it gone
-    and starts a new one.
+    Under the same lock as :func:`ensure`, so a concurrent ensure either sees the daemon
+    stopped and starts a new one, or takes its lease first and keeps this one running.
 
     Returns:
-        What :func:`stop` did, or None when other holders keep the daemon running.
+        The stop report when this release stopped the daemon; None when other live leases
+        keep it running, or when ``holder`` held no lease (a daemon nobody leased is never
+        stopped here).
+
+    Raises:
+        MpsError: an invalid holder name, or the daemon could not be stopped.
     """
+    _check_holder(holder)
+    lease = Path(leases_path(pipe_dir), holder)
+    if not lease.exists():
+        return None
     with _locked(pipe_dir, timeout):
-        with contextlib.suppress(OSError):
-            (_lease_dir(pipe_dir) / holder).unlink()
-        others = _live_leases(pipe_dir)
-        if others:
-            note(
-                log_dir, f"{holder} released the daemon; still held by {', '.join(sorted(others))}"
-            )
+        try:
+            lease.unlink()
+        except FileNotFoundError:
+            return None  # released by a concurrent call
+        remaining = leases(pipe_dir)
+        if remaining:
+            note(log_dir, f"lease {holder!r} released; still held by {', '.join(remaining)}")
             return None
-        note(log_dir, f"{holder} released the daemon, its last lease: stopping it")
-        return stop(pipe_dir, timeout, log_dir)
+        report = stop(pipe_dir, timeout, log_dir)
+        note(
+            log_dir, f"lease {holder!r} released, the last one: stopped daemon {report.daemon_pid}"
+        )
+        return report
 
 
 def start(
@@ -392,16 +602,10 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
                 f"MPS control daemon {dead} of {pipe_dir} is running but does not answer; "
                 f"stop it with `gpuslice mps stop` (it kills what does not quit) and retry"
             )
-        note(
-            log_dir,
-            f"MPS control daemon {dead} named by {Path(pipe_dir, PID_FILE)} is dead; "
-            "starting a new one",
-        )
+        note(log_dir, f"MPS control daemon {dead} of {pipe_dir} is dead; starting a new one")
+        _forget_record(pipe_dir)
         with contextlib.suppress(FileNotFoundError):
             Path(pipe_dir, PID_FILE).unlink()
-    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": pipe_dir, "CUDA_MPS_LOG_DIRECTORY": log_dir}
-    if device:
-        env["CUDA_VISIBLE_DEVICES"] = device
     argv = [*control.control_program(), "-d"]
     # A file, not a pipe, takes the output: a daemon that kept the pipe open would hang us.
     with tempfile.TemporaryFile(mode="w+") as out:
@@ -411,7 +615,7 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=daemon_environment(pipe_dir, log_dir, device),
                 timeout=timeout,
                 check=False,
             )
@@ -419,6 +623,7 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
             raise MpsError(f"cannot start the MPS control daemon for {pipe_dir}: {err}") from err
         out.seek(0)
         printed = out.read().strip()
+    # NVIDIA's -d exits 0 even when it only warns (no log directory); what it printed says.
     if done.returncode != 0:
         raise MpsError(
             f"`{' '.join(argv)}` failed for {pipe_dir} (exit {done.returncode}): "
@@ -433,14 +638,16 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
                 f"of starting; last lines of {Path(log_dir, CONTROL_LOG)}:\n{log_tail(log_dir)}"
             )
         time.sleep(0.05)
-    pid = read_pid(pipe_dir)
+    pid = control.listener_pid(pipe_dir) or read_pid(pipe_dir)
+    if pid is not None:
+        _write_record(pipe_dir, pid)
     note(log_dir, f"started MPS control daemon {pid} for {device or 'all visible devices'}")
     return DaemonStatus(
         pipe_dir=pipe_dir,
         log_dir=log_dir,
         running=True,
         pid=pid,
-        servers=control.servers(pipe_dir),
+        servers=(),  # a daemon starts its first server for its first client
         started=True,
         restarted=dead is not None,
         dead_pid=dead,
@@ -448,16 +655,27 @@ def _start_locked(pipe_dir: str, log_dir: str, device: str | None, timeout: floa
 
 
 def status(pipe_dir: str, log_dir: str | None = None) -> DaemonStatus:
-    """The daemon of ``pipe_dir``: whether it answers, its PID, servers and their clients."""
-    pid = read_pid(pipe_dir)
-    if not control.ping(pipe_dir):
-        return DaemonStatus(pipe_dir=pipe_dir, log_dir=log_dir, running=False, pid=pid)
+    """The daemon of ``pipe_dir``: whether it answers, its PID, servers, clients and leases."""
+    control.control_program()  # a missing program is an error to report, not "not running"
+    try:
+        pids: tuple[int, ...] | None = control.get_server_list(pipe_dir, timeout=5.0)
+    except MpsError:
+        pids = None
+    if pids is None:
+        return DaemonStatus(
+            pipe_dir=pipe_dir,
+            log_dir=log_dir,
+            running=False,
+            pid=read_pid(pipe_dir),
+            leases=leases(pipe_dir),
+        )
     return DaemonStatus(
         pipe_dir=pipe_dir,
         log_dir=log_dir,
         running=True,
-        pid=pid,
-        servers=control.servers(pipe_dir),
+        pid=daemon_pid(pipe_dir),
+        servers=control.servers(pipe_dir, pids),
+        leases=leases(pipe_dir),
     )
 
 
@@ -492,34 +710,29 @@ def stop(
 ) -> StopReport:
     """Stop the daemon of ``pipe_dir`` and its servers; kill what does not exit in time.
 
-    Sends ``quit`` (``echo quit | nvidia-cuda-mps-control``), waits up to ``timeout``
-    seconds for the daemon and its servers to exit, then kills what is left with SIGKILL
-    and reports it.
+    Sends ``quit -t <timeout>`` (NVIDIA's daemon then forces its servers down after that
+    long), waits up to ``timeout`` seconds more for the daemon and its servers to exit, then
+    kills what is left with SIGKILL and reports it. The daemon's leases end with it.
 
     Args:
         pipe_dir: the daemon's pipe directory.
         timeout: seconds to wait after ``quit`` before killing.
         log_dir: where to note kills (``gpuslice.log``), if given.
     """
-    pid = read_pid(pipe_dir)
-    daemon_pid = (
-        pid if pid is not None and process_alive(pid) and _looks_like_control(pid) else None
-    )
     answering = control.ping(pipe_dir)
+    pid = daemon_pid(pipe_dir)
     server_pids: tuple[int, ...] = ()
     if answering:
         with contextlib.suppress(MpsError):
             server_pids = control.get_server_list(pipe_dir)
-    if daemon_pid is not None:
-        server_pids = tuple(dict.fromkeys((*server_pids, *children(daemon_pid))))
-    quit_accepted = False
+    if pid is not None:
+        server_pids = tuple(dict.fromkeys((*server_pids, *children(pid))))
+    quit_status: int | None = None
     if answering:
-        try:
-            control.quit_daemon(pipe_dir, timeout=timeout)
-            quit_accepted = True
-        except MpsError:
-            quit_accepted = False
-    watched = tuple(p for p in (daemon_pid, *server_pids) if p is not None)
+        with contextlib.suppress(MpsError):
+            quit_status = control.quit_daemon(pipe_dir, timeout=timeout)
+    quit_accepted = quit_status is not None
+    watched = tuple(p for p in (pid, *server_pids) if p is not None)
     left = wait_gone(watched, timeout if quit_accepted else 0.0)
     killed: list[int] = []
     for victim in left:
@@ -531,14 +744,16 @@ def stop(
         still = wait_gone(killed, 5.0)
         if still:
             raise MpsError(f"processes {list(still)} of {pipe_dir} survived SIGKILL")
-    for lease in _lease_files(pipe_dir):  # a stopped daemon is nobody's any more
-        with contextlib.suppress(OSError):
+    _forget_record(pipe_dir)
+    with contextlib.suppress(OSError):
+        for lease in Path(leases_path(pipe_dir)).iterdir():
             lease.unlink()
     return StopReport(
         pipe_dir=pipe_dir,
-        was_running=answering or daemon_pid is not None,
-        daemon_pid=daemon_pid if daemon_pid is not None else pid,
+        was_running=answering or pid is not None,
+        daemon_pid=pid if pid is not None else read_pid(pipe_dir),
         quit_accepted=quit_accepted,
         server_pids=server_pids,
         killed=tuple(killed),
+        quit_status=quit_status,
     )

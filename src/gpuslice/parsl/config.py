@@ -35,13 +35,13 @@ from parsl.launchers import SimpleLauncher, SingleNodeLauncher
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
 
-from gpuslice.errors import UsageError
+from gpuslice.errors import PlanError, UsageError
 from gpuslice.hardware.inventory import discover
 from gpuslice.parsl.elastic import ElasticController, ElasticPolicy
 from gpuslice.parsl.executor import SliceExecutor, worker_pool_command
 from gpuslice.parsl.group import NodeGroup
 from gpuslice.parsl.node import NodeSpec
-from gpuslice.plan.layout import Layout, PoolLayout
+from gpuslice.plan.layout import Layout, PoolLayout, layout_problems
 from gpuslice.plan.load import load_plan
 from gpuslice.plan.resolve import resolve
 from gpuslice.plan.schema import Plan
@@ -84,7 +84,8 @@ def layout_of(
 
     Raises:
         UsageError: a layout was given together with ``fleet``.
-        PlanError: the plan does not fit the GPUs.
+        PlanError: the plan does not fit the GPUs, or a layout breaks the rules a resolved
+            plan keeps (a Layout built by hand is checked as one loaded from JSON is).
         NvmlUnavailable: no fleet and no usable NVIDIA driver.
     """
     if isinstance(plan_or_layout, Layout):
@@ -93,6 +94,9 @@ def layout_of(
                 "a resolved Layout already names its GPUs; pass the plan instead of the "
                 "layout to use a fleet file, or leave fleet out"
             )
+        problems = layout_problems(plan_or_layout)
+        if problems:
+            raise PlanError(problems, source="layout")
         return plan_or_layout
     return resolve(plan_or_layout, discover(fleet))
 

@@ -60,6 +60,7 @@ from gpuslice.parsl.worker import (
     EMULATED_ENV,
     EXPECTED_SMS_ENV,
     HOLDER_ENV,
+    HOLDER_PID_ENV,
     NODE_ENV,
 )
 from gpuslice.plan.layout import Daemon, Layout, Slice
@@ -253,6 +254,7 @@ class NodeAgent:
             name: os.environ[name] for name in _MPS_CLIENT_VARS if name in os.environ
         }
         os.environ.pop(HOLDER_ENV, None)
+        os.environ.pop(HOLDER_PID_ENV, None)
         for name in _MPS_CLIENT_VARS:
             os.environ.pop(name, None)
         if self.spec.emulated:
@@ -349,7 +351,7 @@ class NodeAgent:
             except MpsError as err:
                 pools = sorted({s.pool for s in layout.slices if s.mps_pipe_dir == d.pipe_dir})
                 raise self._fail(pools[0], f"no MPS daemon for {d.device}: {err}") from err
-            watch = _DaemonWatch(d, pid=daemon.read_pid(d.pipe_dir))
+            watch = _DaemonWatch(d, pid=daemon.daemon_pid(d.pipe_dir))
             self.daemons.append(watch)
 
     def _worker_pools(self, layout: Layout) -> list[_WorkerPool]:
@@ -384,6 +386,7 @@ class NodeAgent:
         env[DEVICE_ENV] = first.device
         env[NODE_ENV] = self.node
         env[HOLDER_ENV] = self.holder
+        env[HOLDER_PID_ENV] = str(os.getpid())
         if first.expected_sms is not None and first.expected_sms > 0:
             env[EXPECTED_SMS_ENV] = str(first.expected_sms)
         else:
@@ -440,7 +443,7 @@ class NodeAgent:
                 self._give_up(d.device, f"its MPS daemon could not be restarted: {err}")
             return
         watch.failures = 0
-        watch.pid = daemon.read_pid(d.pipe_dir)
+        watch.pid = daemon.daemon_pid(d.pipe_dir)
         _say(f"the MPS daemon of {d.device} runs again as {watch.pid}")
 
     def _give_up(self, device: str, reason: str) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "EMULATED_ENV",
     "EXPECTED_SMS_ENV",
     "HOLDER_ENV",
+    "HOLDER_PID_ENV",
     "NODE_ENV",
     "SLICE_LOST_EXIT",
     "SliceCheck",
@@ -67,6 +68,8 @@ NODE_ENV = "GPUSLICE_NODE"
 #: The lease holder that keeps the node's MPS daemons (a worker that restarts one leases it
 #: for the same holder, so node-run stops it at the end).
 HOLDER_ENV = "GPUSLICE_HOLDER"
+#: The process that holder is (node-run): the lease lives with it, not with the worker.
+HOLDER_PID_ENV = "GPUSLICE_HOLDER_PID"
 
 #: MPS rounds a thread percentage down to a hardware granule. The plan's figure already
 #: rounds down to whole SM pairs (gpuslice.mps.limits), but that granularity was observed by
@@ -155,10 +158,11 @@ def _visible_sms(environ: Mapping[str, str]) -> tuple[int | None, str]:
 
 
 def _daemon_pid(environ: Mapping[str, str]) -> int | None:
-    from gpuslice.mps.daemon import read_pid
+    """The live daemon of the worker's pipe directory (its record, else the socket's listener)."""
+    from gpuslice.mps.daemon import daemon_pid
 
     pipe = environ.get(mps_env.PIPE)
-    return read_pid(pipe) if pipe else None
+    return daemon_pid(pipe) if pipe else None
 
 
 def _daemon_answers(environ: MutableMapping[str, str]) -> bool:
@@ -170,15 +174,19 @@ def _daemon_answers(environ: MutableMapping[str, str]) -> bool:
         return True
     log_dir = environ.get(mps_env.LOG) or pipe
     device = environ.get(mps_env.VISIBLE)
-    holder = environ.get(HOLDER_ENV)
+    holder = environ.get(HOLDER_ENV) or None
+    holder_pid = environ.get(HOLDER_PID_ENV, "")
     deadline = time.monotonic() + RECOVERY_WAIT_S
     problem = "it does not answer"
     while True:
         try:
-            if holder:
-                daemon.ensure(pipe, log_dir, device, holder=holder)
-            else:
-                daemon.ensure(pipe, log_dir, device)
+            daemon.ensure(
+                pipe,
+                log_dir,
+                device,
+                holder=holder,
+                holder_pid=int(holder_pid) if holder and holder_pid.isdigit() else None,
+            )
             return True
         except MpsError as err:
             problem = str(err)
@@ -318,7 +326,7 @@ def _before_task() -> None:
         _leave(environ, lost)
     from gpuslice.mps.daemon import process_alive
 
-    if done.daemon_pid is None or not process_alive(done.daemon_pid):
+    if done.daemon_pid is not None and not process_alive(done.daemon_pid):
         # No context to lose: restart the daemon (or wait for node-run to) and go on.
         _daemon_answers(environ)
         with _State.lock:

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from gpuslice.errors import PlanError, Problem
+from gpuslice.plan import limits
 from gpuslice.plan.schema import Plan
 
 _ENTRY = re.compile(
@@ -34,27 +35,50 @@ def looks_compact(text: str) -> bool:
     return "\n" not in text.strip() and "=" in text and not text.lstrip().startswith("{")
 
 
+#: Digits read as a number; longer runs stay text and fail validation with the field named
+#: (Python refuses to convert numbers of more than 4300 digits at all).
+_MAX_DIGITS = 9
+
+
+def _number(digits: str, where: str, problems: list[Problem]) -> int | None:
+    if len(digits) <= _MAX_DIGITS:
+        return int(digits)
+    problems.append(
+        Problem(
+            where,
+            f"the number {_shown(digits)} is far too large ({len(digits)} digits)",
+            "write an ordinary count, percentage or GPU index",
+        )
+    )
+    return None
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return repr(text) if len(text) <= 60 else repr(text[:59] + "…")
+
+
 def _limits(args: str, where: str, problems: list[Problem]) -> dict[str, Any] | None:
     match = _LIMITS.match(args)
     if match is None:
         problems.append(
             Problem(
                 where,
-                f"cannot read MPS limits {args!r}",
+                f"cannot read MPS limits {_shown(args)}",
                 "write PERCENT% and/or /SIZE, e.g. 25%/10GiB",
             )
         )
         return None
-    limits: dict[str, Any] = {}
+    found: dict[str, Any] = {}
     if match.group("pct") is not None:
-        limits["compute"] = int(match.group("pct"))
+        found["compute"] = _number(match.group("pct"), f"{where}.mps.compute", problems)
     if match.group("mem") is not None:
-        limits["memory"] = match.group("mem").replace(" ", "")
-    return limits
+        found["memory"] = match.group("mem").replace(" ", "")
+    return found
 
 
-def _gpus(text: str) -> list[int | str]:
-    return [int(g) if g.isdigit() else g for g in text.split("+") if g]
+def _gpus(text: str, where: str, problems: list[Problem]) -> list[int | str | None]:
+    return [_number(g, where, problems) if g.isdigit() else g for g in text.split("+") if g]
 
 
 def parse_compact(text: str) -> dict[str, Any]:
@@ -63,21 +87,36 @@ def parse_compact(text: str) -> dict[str, Any]:
     Raises:
         PlanError: every entry that cannot be read, each with an example of the right form.
     """
+    entries = [part for part in text.split(",") if part.strip()]
+    if len(entries) > limits.MAX_POOLS:
+        raise PlanError(
+            [
+                Problem(
+                    "<plan>",
+                    f"{len(entries)} entries, more than the {limits.MAX_POOLS} pools a plan "
+                    "may have (each pool is a Parsl executor)",
+                    "merge pools that have the same slice shape; use NNx for more workers",
+                )
+            ],
+            source="compact plan",
+        )
     problems: list[Problem] = []
     pools: dict[str, Any] = {}
     seen: set[str] = set()
-    for position, raw in enumerate(part for part in text.split(",") if part.strip()):
+    for position, raw in enumerate(entries):
         match = _ENTRY.match(raw)
         if match is None:
             problems.append(
                 Problem(
                     f"entry {position + 1}",
-                    f"cannot read {raw.strip()!r}",
+                    f"cannot read {_shown(raw)}",
                     f"write e.g. {_EXAMPLE}",
                 )
             )
             continue
         name, kind = match.group("name"), match.group("kind").lower()
+        if len(name) > 64:
+            name = name[:63] + "…"  # refused as a pool name; keep the message short
         where = f"pools.{name}"
         seen_before = name in seen
         seen.add(name)
@@ -86,14 +125,18 @@ def parse_compact(text: str) -> dict[str, Any]:
                 Problem(where, f"pool {name!r} is defined twice", "give each pool its own name")
             )
             continue
-        count = int(match.group("count")) if match.group("count") else None
+        count = (
+            _number(match.group("count"), f"{where}.count", problems)
+            if match.group("count")
+            else None
+        )
         args = match.group("args") or ""
         pool: dict[str, Any] = {}
         if kind == "mps":
-            limits = _limits(args, where, problems)
-            if limits is None:
+            caps = _limits(args, where, problems)
+            if caps is None:
                 continue
-            pool["mps"] = limits
+            pool["mps"] = caps
             if count is not None:
                 pool["per_gpu"] = count
         elif kind == "share":
@@ -106,18 +149,18 @@ def parse_compact(text: str) -> dict[str, Any]:
             if count is not None:
                 mig["count"] = count
             if _ or inner:
-                limits = _limits(inner.lstrip(":"), where, problems)
-                if limits is None:
+                caps = _limits(inner.lstrip(":"), where, problems)
+                if caps is None:
                     continue
-                mig["mps"] = limits
+                mig["mps"] = caps
             pool["mig"] = mig
         else:
             problems.append(
-                Problem(f"{where}", f"unknown slice kind {kind!r}", "use mps, mig or share")
+                Problem(f"{where}", f"unknown slice kind {_shown(kind)}", "use mps, mig or share")
             )
             continue
         if match.group("gpus"):
-            pool["gpus"] = _gpus(match.group("gpus"))
+            pool["gpus"] = _gpus(match.group("gpus"), f"{where}.gpus", problems)
         pools[name] = pool
     if not pools and not problems:
         problems.append(Problem("<plan>", "the plan names no pool", f"write e.g. {_EXAMPLE}"))

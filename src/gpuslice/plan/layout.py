@@ -4,15 +4,30 @@ A :class:`Layout` is what the rest of gpuslice consumes: the Parsl layer makes o
 per :class:`PoolLayout`, the MPS layer starts one daemon per :attr:`Slice.mps_pipe_dir` and
 exports each slice's client environment, the MIG layer checks the instances exist.
 It serialises to plain JSON (``gpuslice plan show --json``) and loads back unchanged.
+
+Pool names, device UUIDs and directories end up in shell text (``worker_init``) and in
+environment variables, so a layout is checked by :func:`layout_problems` wherever it comes
+from: :func:`gpuslice.resolve` checks what it builds, :meth:`Layout.from_dict` what it loads.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
 from typing import Any, Literal
 
+from gpuslice.errors import PlanError, Problem
+
 SliceKind = Literal["mps", "mig", "share"]
+
+#: NVML device UUIDs: ``GPU-``/``MIG-`` and a five-part hexadecimal string
+#: (https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html, nvmlDeviceGetUUID;
+#: MIG devices have had ``MIG-<uuid>`` names since driver R470).
+_HEX_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+GPU_UUID = re.compile(rf"^GPU-{_HEX_UUID}$")
+MIG_UUID = re.compile(rf"^MIG-{_HEX_UUID}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -157,23 +172,24 @@ class Layout:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Layout:
-        """Rebuild a layout from :meth:`to_dict` output."""
-        pools = tuple(
-            PoolLayout(
-                name=p["name"],
-                kind=p["kind"],
-                oversubscribe=bool(p.get("oversubscribe", False)),
-                slices=tuple(Slice(**s) for s in p["slices"]),
-            )
-            for p in data["pools"]
-        )
-        return cls(
-            pools=pools,
-            inventory_source=data["inventory_source"],
-            emulated=bool(data.get("emulated", False)),
-            plan_text=data.get("plan", ""),
-        )
+    def from_dict(cls, data: Any) -> Layout:
+        """Rebuild a layout from :meth:`to_dict` output, validated as a plan is.
+
+        The structure is checked strictly (no unknown keys, numbers are numbers), then
+        :func:`layout_problems` checks what a resolved plan guarantees: pool names, device
+        UUIDs, ranges, and MPS directories under a root :func:`gpuslice.mps.paths.root_problems`
+        accepts. Nothing from the JSON reaches a shell or a daemon unchecked.
+
+        Raises:
+            PlanError: every problem found, each located (``pools.0.slices.3.device``).
+        """
+        from gpuslice.plan.layout_schema import layout_from_data
+
+        layout = layout_from_data(data)
+        problems = layout_problems(layout)
+        if problems:
+            raise PlanError(problems, source="layout")
+        return layout
 
 
 def _daemons(slices: tuple[Slice, ...]) -> tuple[Daemon, ...]:
@@ -183,3 +199,154 @@ def _daemons(slices: tuple[Slice, ...]) -> tuple[Daemon, ...]:
             log_dir = s.mps_log_dir or str(PurePath(s.mps_pipe_dir).parent / "log")
             seen[s.mps_pipe_dir] = Daemon(s.device, s.mps_pipe_dir, log_dir)
     return tuple(seen.values())
+
+
+def _text_problems(where: str, value: str, limit: int) -> list[Problem]:
+    if len(value) > limit or _CONTROL.search(value):
+        return [
+            Problem(
+                where,
+                f"{value[:40]!r}… is longer than {limit} characters or holds control characters"
+                if len(value) > 40
+                else f"{value!r} is longer than {limit} characters or holds control characters",
+                "write it on one line, as `gpuslice plan show --json` does",
+            )
+        ]
+    return []
+
+
+def _directory_problems(device: str, pipe: str, log: str, roots: dict[str, list[str]]) -> list[str]:
+    """Why a slice's MPS directories are not ``<root>/<device>/pipe|log`` under a good root.
+
+    ``roots`` caches :func:`~gpuslice.mps.paths.root_problems` per root (a layout has one).
+    """
+    from gpuslice.mps.paths import root_problems
+
+    tail = f"/{device}/pipe"
+    root = pipe[: -len(tail)] if pipe.endswith(tail) else ""
+    if not root or log != f"{root}/{device}/log":
+        return ["the MPS directories must be <root>/<device>/pipe and <root>/<device>/log"]
+    if root not in roots:
+        roots[root] = [f"the MPS root {reason}" for reason in root_problems(root)]
+    return roots[root]
+
+
+def _slice_problems(where: str, pool: PoolLayout, rank: int, s: Slice) -> list[Problem]:
+    from gpuslice.plan import limits
+    from gpuslice.sizes import MAX_MIB
+
+    found: list[Problem] = []
+
+    def bad(field: str, message: str, hint: str = "") -> None:
+        found.append(Problem(f"{where}.{field}", message, hint))
+
+    if s.pool != pool.name:
+        bad("pool", f"names pool {s.pool!r}, but sits in pool {pool.name!r}")
+    if s.rank != rank:
+        bad("rank", f"is {s.rank}, but the slice is number {rank} of its pool")
+    if s.kind != pool.kind:
+        bad("kind", f"is {s.kind!r}, but its pool is {pool.kind!r}")
+    if not 0 <= s.gpu_index < limits.MAX_FLEET_GPUS:
+        bad("gpu_index", f"{s.gpu_index} is not a GPU index (0 to {limits.MAX_FLEET_GPUS - 1})")
+    if not GPU_UUID.match(s.gpu_uuid):
+        bad("gpu_uuid", f"{s.gpu_uuid[:60]!r} is not a GPU UUID (GPU-xxxxxxxx-xxxx-…)")
+    expected_device = MIG_UUID if s.kind == "mig" else GPU_UUID
+    if not expected_device.match(s.device):
+        bad(
+            "device",
+            f"{s.device[:60]!r} is not a {'MIG-' if s.kind == 'mig' else 'GPU-'} UUID",
+            "CUDA_VISIBLE_DEVICES must be the device's UUID as NVML reports it",
+        )
+    elif s.kind != "mig" and s.device != s.gpu_uuid:
+        bad("device", "a whole-GPU slice's device must be its gpu_uuid")
+    if s.compute is not None and not 1 <= s.compute <= 100:
+        bad("compute", f"{s.compute} is not a percentage from 1 to 100")
+    if not 0 <= s.memory_total_mib <= MAX_MIB:
+        bad("memory_total_mib", f"{s.memory_total_mib} MiB is not a device memory size")
+    if s.memory_mib is not None and not (1 <= s.memory_mib <= (s.memory_total_mib or MAX_MIB)):
+        bad("memory_mib", f"{s.memory_mib} MiB is not a cap within the device's memory")
+    if not 0 <= s.sm_count <= limits.MAX_SM_COUNT:
+        bad("sm_count", f"{s.sm_count} is not an SM count (0 when unknown)")
+    if s.expected_sms is not None and not 0 < s.expected_sms <= max(s.sm_count, 0):
+        bad("expected_sms", f"{s.expected_sms} is not within the device's {s.sm_count} SMs")
+    if s.kind == "share" and (s.compute, s.memory_mib, s.mps_pipe_dir) != (None, None, None):
+        bad("kind", "a share slice has no MPS limits and no MPS daemon")
+    limited = s.kind == "mps" or s.compute is not None or s.memory_mib is not None
+    if limited and s.mps_pipe_dir is None:
+        bad("mps_pipe_dir", "an MPS slice needs its daemon's pipe directory")
+    if (s.mps_pipe_dir is None) != (s.mps_log_dir is None):
+        bad("mps_log_dir", "pipe and log directories come together")
+    return found
+
+
+def layout_problems(layout: Layout) -> list[Problem]:
+    """Everything wrong with a layout that a resolved plan never has (empty when valid).
+
+    The one check of a layout's contents, applied by :func:`gpuslice.resolve` to what it
+    builds and by :meth:`Layout.from_dict` to what it loads.
+    """
+    from gpuslice.plan import limits
+    from gpuslice.plan.schema import POOL_NAME
+
+    problems: list[Problem] = []
+    # ``nvml``, ``fleet:<path>`` (the path is exported to workers, quoted) or a caller's name.
+    problems += _text_problems("inventory_source", layout.inventory_source, 4096)
+    problems += _text_problems("plan", layout.plan_text, limits.MAX_SOURCE_BYTES)
+    if len(layout.pools) > limits.MAX_POOLS:
+        problems.append(Problem("pools", f"more than {limits.MAX_POOLS} pools"))
+    if sum(len(p.slices) for p in layout.pools) > limits.MAX_SLICES:
+        problems.append(Problem("pools", f"more than {limits.MAX_SLICES} slices"))
+    if problems:
+        return problems
+    names: set[str] = set()
+    daemons: dict[str, str] = {}
+    checked: dict[tuple[str, str, str], list[str]] = {}
+    roots: dict[str, list[str]] = {}
+    for index, pool in enumerate(layout.pools):
+        where = f"pools.{index}"
+        if not POOL_NAME.match(pool.name):
+            problems.append(
+                Problem(
+                    f"{where}.name",
+                    f"invalid pool name {pool.name[:60]!r}",
+                    "start with a letter, then letters, digits, '_' or '-', at most 40 characters",
+                )
+            )
+        elif pool.name in names:
+            problems.append(Problem(f"{where}.name", f"pool {pool.name!r} appears twice"))
+        names.add(pool.name)
+        if not pool.slices:
+            problems.append(Problem(f"{where}.slices", "a pool needs at least one slice"))
+        for rank, s in enumerate(pool.slices):
+            problems += _slice_problems(f"{where}.slices.{rank}", pool, rank, s)
+            pipe, log = s.mps_pipe_dir, s.mps_log_dir
+            if pipe is not None and log is not None:
+                key = (s.device, pipe, log)  # once per daemon, not once per slice
+                if key not in checked:
+                    checked[key] = _directory_problems(*key, roots)
+                    problems += [
+                        Problem(
+                            f"{where}.slices.{rank}.mps_pipe_dir",
+                            reason,
+                            "load the JSON `gpuslice plan show --json` printed, unedited",
+                        )
+                        for reason in checked[key]
+                    ]
+            if pipe is not None and daemons.setdefault(s.device, pipe) != pipe:
+                problems.append(
+                    Problem(
+                        f"{where}.slices.{rank}.mps_pipe_dir",
+                        f"device {s.device} has two MPS pipe directories",
+                        "one daemon serves each device",
+                    )
+                )
+        mps = [s for s in pool.slices if s.mps_pipe_dir is not None]
+        if len({(s.compute, s.memory_mib) for s in mps}) > 1:
+            problems.append(
+                Problem(
+                    f"{where}.slices",
+                    "the pool's MPS slices have different limits",
+                    "every slice of a pool has the same compute and memory",
+                )
+            )
+    return problems

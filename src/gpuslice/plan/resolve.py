@@ -7,29 +7,60 @@ Rules (each tested in ``tests/plan/test_resolve.py``):
 - ``mps`` and ``share`` pools need whole GPUs, so they skip GPUs in MIG mode (or are refused
   where a pool names such a GPU); ``mig`` pools need MIG instances of their profile.
 - Per device, MPS compute percentages sum to at most 100 unless ``oversubscribe: true``,
-  memory caps sum to at most the device's memory, and MPS clients stay within the
-  hardware's client limit.
-- A GPU without MPS support gets no MPS pool; a MIG profile must exist on the GPU model.
+  memory caps plus the device memory every CUDA context needs
+  (:data:`~gpuslice.hardware.catalog.CUDA_CONTEXT_RESERVE_MIB` for each worker and for the
+  MPS server) fit in the device's memory, and MPS clients stay within the hardware's
+  client limit.
+- A GPU without MPS support gets no MPS pool; a MIG profile must exist on the GPU model
+  (models whose profile table gpuslice lacks take the instances NVML reports).
 - Compute mode: ``Prohibited`` GPUs get nothing; ``Exclusive_Process`` allows one CUDA
-  context, so only one worker per GPU without MPS.
+  context, so only one worker per GPU without MPS, and MPS slices (whose server is that one
+  context) cannot share a GPU with a time-shared worker.
+- A slice whose device's SM count is unknown (a GPU model the catalog lacks) gets
+  ``expected_sms=None``: percentages and memory caps need no catalog.
+- The MPS root (``mps_dir``, else ``$GPUSLICE_MPS_ROOT`` or the default) passes
+  :func:`gpuslice.mps.paths.root_problems`, the rule ``parsl_config``, ``mps ensure`` and the
+  workers apply; the layout built passes :func:`gpuslice.plan.layout.layout_problems`, the
+  check a layout loaded from JSON gets.
+- At most :data:`~gpuslice.plan.limits.MAX_SLICES` slices, counted before any is built.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuslice.errors import PlanError, Problem
+from gpuslice.hardware.catalog import CUDA_CONTEXT_RESERVE_MIB
 from gpuslice.hardware.inventory import Gpu, Inventory, MigDevice
 from gpuslice.mps import paths
 from gpuslice.mps.limits import visible_sm_count
+from gpuslice.plan import limits
 from gpuslice.plan.compact import to_compact
-from gpuslice.plan.layout import Layout, PoolLayout, Slice
+from gpuslice.plan.layout import Layout, PoolLayout, Slice, layout_problems
 from gpuslice.plan.load import load_plan
 from gpuslice.plan.schema import GpuRef, MpsSpec, Plan, PoolSpec
 from gpuslice.sizes import format_mib
+
+
+def contexts_reserve_mib(contexts: int) -> int:
+    """Device memory to keep free for ``contexts`` CUDA contexts (workers and MPS servers)."""
+    return CUDA_CONTEXT_RESERVE_MIB * contexts
+
+
+def equal_memory_cap_mib(device_memory_mib: int, slices: int) -> int:
+    """The largest memory cap ``slices`` equal MPS slices of one device may each have.
+
+    What is left of the device's memory after one context reserve for each slice and one for
+    the MPS server, divided equally (at least 1 MiB).
+    """
+    if slices < 1:
+        raise ValueError(f"slices must be at least 1, not {slices}")
+    free = device_memory_mib - contexts_reserve_mib(slices + 1)
+    return max(1, free // slices)
 
 
 @dataclass
@@ -44,6 +75,14 @@ class _DeviceUse:
     clients: int = 0
     timeshared: int = 0
     oversubscribe_ok: bool = True
+    exclusive: bool = False
+    mps_pools: list[str] = field(default_factory=list)
+    timeshared_pools: list[str] = field(default_factory=list)
+
+    @property
+    def contexts(self) -> int:
+        """CUDA contexts on the device: every worker, and the MPS server when there is one."""
+        return self.clients + self.timeshared + (1 if self.clients else 0)
 
 
 def _select(
@@ -74,16 +113,60 @@ class _Resolver:
         self.problems: list[Problem] = []
         self.devices: dict[str, _DeviceUse] = {}
         self.claimed_mig: set[str] = set()
+        self._dirs: dict[str, tuple[str, str]] = {}
         self.root = Path(plan.mps_dir) if plan.mps_dir else paths.default_root()
+        if not plan.mps_dir and any(_uses_mps(p) for p in plan.pools.values()):
+            for reason in paths.root_problems(str(self.root)):
+                self.problems.append(
+                    Problem(
+                        paths.ROOT_ENV if os.environ.get(paths.ROOT_ENV) else "mps_dir",
+                        f"the MPS root {reason}",
+                        f"set {paths.ROOT_ENV} (or the plan's mps_dir) to a short absolute "
+                        "path on a local disk, e.g. /tmp/gs-mps",
+                    )
+                )
         if plan.gpus == "all":
             self.allowed = list(inventory.gpus)
         else:
             self.allowed = _select(plan.gpus, inventory, "gpus", self.problems)
 
-    def device(self, key: str, label: str, memory_mib: int, max_clients: int) -> _DeviceUse:
+    def device(
+        self, key: str, label: str, memory_mib: int, max_clients: int, exclusive: bool = False
+    ) -> _DeviceUse:
         if key not in self.devices:
-            self.devices[key] = _DeviceUse(label, memory_mib, max_clients)
+            self.devices[key] = _DeviceUse(label, memory_mib, max_clients, exclusive=exclusive)
         return self.devices[key]
+
+    def dirs(self, device: str) -> tuple[str, str]:
+        """The pipe and log directories of ``device``'s daemon (computed once per device)."""
+        if device not in self._dirs:
+            self._dirs[device] = (
+                paths.pipe_dir(self.root, device),
+                paths.log_dir(self.root, device),
+            )
+        return self._dirs[device]
+
+    def slice_count_problem(self) -> Problem | None:
+        """The layout's slice count, bounded before any slice is built (an upper bound)."""
+        total = 0
+        for name, pool in self.plan.pools.items():
+            if pool.gpus is None or pool.gpus == "all":
+                gpus = self.allowed
+            else:
+                gpus = [g for g in map(self.inventory.find, pool.gpus) if g is not None]
+            if pool.mig is not None:
+                wanted = pool.mig.count or limits.MAX_MIG_INSTANCES
+                instances = sum(min(wanted, len(g.mig_devices)) for g in gpus)
+                total += instances * pool.mig.per_instance
+            else:
+                total += pool.workers_per_gpu * len(gpus)
+            if total > limits.MAX_SLICES:
+                return Problem(
+                    f"pools.{name}",
+                    f"the plan makes more than {limits.MAX_SLICES} slices on these GPUs",
+                    "lower per_gpu (or mig.per_instance), or give pools fewer GPUs with `gpus:`",
+                )
+        return None
 
     def pool_gpus(self, name: str, pool: PoolSpec) -> tuple[list[Gpu], bool]:
         if pool.gpus is None or pool.gpus == "all":
@@ -101,6 +184,9 @@ class _Resolver:
         return [g for g in chosen if g in self.allowed], True
 
     def resolve(self) -> Layout:
+        too_many = self.slice_count_problem()
+        if too_many is not None:
+            raise PlanError([*self.problems, too_many], source="plan on this hardware")
         pools: list[PoolLayout] = []
         # MIG pools with an explicit count claim their instances first, so a pool that takes
         # "every instance" gets what is left whatever the pools' order in the file.
@@ -133,12 +219,18 @@ class _Resolver:
         self.check_devices()
         if self.problems:
             raise PlanError(self.problems, source="plan on this hardware")
-        return Layout(
+        layout = Layout(
             pools=tuple(pools),
             inventory_source=self.inventory.source,
             emulated=self.inventory.emulated,
             plan_text=to_compact(self.plan),
         )
+        # The check a layout loaded from JSON gets: whatever resolve returns passes it, so
+        # what `plan check` accepts, parsl_config and the workers accept too.
+        problems = layout_problems(layout)
+        if problems:
+            raise PlanError(problems, source="layout")
+        return layout
 
     def usable(self, name: str, pool: PoolSpec, gpu: Gpu, explicit: bool) -> bool:
         where = f"pools.{name}"
@@ -181,13 +273,18 @@ class _Resolver:
             if not self.usable(name, pool, gpu, explicit):
                 continue
             use = self.device(
-                gpu.uuid, f"GPU {gpu.index} ({gpu.name})", gpu.memory_mib, gpu.max_mps_clients
+                gpu.uuid,
+                f"GPU {gpu.index} ({gpu.name})",
+                gpu.memory_mib,
+                gpu.max_mps_clients,
+                exclusive=gpu.compute_mode.lower().startswith("exclusive"),
             )
             per = pool.workers_per_gpu
             if pool.mps is not None:
                 self.account_mps(name, pool, pool.mps, use, per)
             else:
                 use.timeshared += per
+                use.timeshared_pools.append(name)
                 if gpu.compute_mode.lower().startswith("exclusive") and use.timeshared > 1:
                     self.problems.append(
                         Problem(
@@ -214,6 +311,7 @@ class _Resolver:
         if spec.memory is not None:
             use.memory.extend([(name, spec.memory)] * per)
         use.clients += per
+        use.mps_pools.append(name)
         use.oversubscribe_ok &= pool.oversubscribe or self.plan.oversubscribe
 
     def mig_pool(self, name: str, pool: PoolSpec, gpus: list[Gpu], explicit: bool) -> list[Slice]:
@@ -222,9 +320,12 @@ class _Resolver:
         where = f"pools.{name}.mig"
         slices: list[Slice] = []
         lacking: dict[str, list[str]] = {}
+        no_mig: list[Gpu] = []
+        mig_off: list[Gpu] = []
         for gpu in gpus:
             model = gpu.model
             if model is not None and not model.mig:
+                no_mig.append(gpu)
                 if explicit:
                     self.problems.append(
                         Problem(
@@ -235,6 +336,7 @@ class _Resolver:
                     )
                 continue
             if not gpu.mig_enabled:
+                mig_off.append(gpu)
                 if explicit:
                     self.problems.append(
                         Problem(
@@ -245,7 +347,8 @@ class _Resolver:
                         )
                     )
                 continue
-            if model is not None and model.profile(spec.profile) is None:
+            # A model whose profile table gpuslice lacks takes the instances NVML reports.
+            if model is not None and model.mig_profiles and model.profile(spec.profile) is None:
                 lacking[model.name] = [p.name for p in model.mig_profiles]
                 continue
             free = [
@@ -280,7 +383,28 @@ class _Resolver:
                     hint + f"its profiles: {', '.join(names)}",
                 )
             )
-        if not lacking:
+        if lacking:
+            return slices
+        if gpus and len(no_mig) == len(gpus):
+            models = ", ".join(sorted({g.name for g in no_mig}))
+            self.problems.append(
+                Problem(
+                    where,
+                    f"no GPU here supports MIG ({models})",
+                    "use an `mps:` pool (compute and memory limits) or a `share:` pool instead",
+                )
+            )
+        elif mig_off and len(no_mig) + len(mig_off) == len(gpus):
+            indices = ", ".join(str(g.index) for g in mig_off)
+            self.problems.append(
+                Problem(
+                    where,
+                    f"no GPU here is in MIG mode (MIG-capable: GPU {indices})",
+                    "an administrator enables it with `nvidia-smi -i N -mig 1`; then "
+                    "`gpuslice mig apply PLAN` creates the instances. Or use an `mps:` pool",
+                )
+            )
+        else:
             self.problems.append(
                 Problem(
                     where,
@@ -322,6 +446,14 @@ class _Resolver:
         mps: MpsSpec | None,
     ) -> Slice:
         kind = self.plan.pools[pool].kind
+        # An unknown SM count (a model the catalog lacks) gives no expectation: the worker
+        # then skips its SM check with a logged reason; limits themselves need no catalog.
+        if sm_count <= 0:
+            expected: int | None = None
+        elif mps is not None:
+            expected = visible_sm_count(sm_count, mps.compute)
+        else:
+            expected = sm_count
         return Slice(
             pool=pool,
             rank=rank,
@@ -332,10 +464,39 @@ class _Resolver:
             compute=mps.compute if mps else None,
             memory_mib=mps.memory if mps else None,
             sm_count=sm_count,
-            expected_sms=visible_sm_count(sm_count, mps.compute) if mps else sm_count,
+            expected_sms=expected,
             memory_total_mib=memory_total,
-            mps_pipe_dir=paths.pipe_dir(self.root, device) if mps else None,
-            mps_log_dir=paths.log_dir(self.root, device) if mps else None,
+            mps_pipe_dir=self.dirs(device)[0] if mps else None,
+            mps_log_dir=self.dirs(device)[1] if mps else None,
+        )
+
+    def memory_problem(self, use: _DeviceUse, memory: int, reserve: int) -> Problem:
+        """Caps plus the context reserve do not fit in a device's memory."""
+        contexts = (
+            f"{format_mib(reserve)} kept for its {use.contexts} CUDA contexts "
+            f"({CUDA_CONTEXT_RESERVE_MIB} MiB each: every worker and the MPS server)"
+        )
+        if not use.memory:
+            names = list(dict.fromkeys(use.mps_pools + use.timeshared_pools))
+            return Problem(
+                "pools." + "+".join(names),
+                f"{use.label} cannot hold {use.contexts} CUDA contexts: {contexts} is more than "
+                f"its {format_mib(use.memory_mib)}",
+                "lower per_gpu; at most "
+                f"{use.memory_mib // CUDA_CONTEXT_RESERVE_MIB} contexts fit on this device",
+            )
+        fits = (use.memory_mib - reserve) // len(use.memory)
+        return Problem(
+            _pools_where(use.memory),
+            f"memory caps on {use.label} sum to {format_mib(memory)} "
+            f"({_summarise(use.memory, 'MiB')}); with {contexts} that is more than its "
+            f"{format_mib(use.memory_mib)}",
+            "lower memory or per_gpu; "
+            + (
+                f"equal caps of at most {format_mib(fits)} fit here"
+                if fits > 0
+                else "this device cannot hold that many workers"
+            ),
         )
 
     def check_devices(self) -> None:
@@ -352,14 +513,23 @@ class _Resolver:
                     )
                 )
             memory = sum(m for _, m in use.memory)
-            if memory > use.memory_mib:
-                parts = _summarise(use.memory, "MiB")
+            reserve = contexts_reserve_mib(use.contexts)
+            if memory + reserve > use.memory_mib:
+                self.problems.append(self.memory_problem(use, memory, reserve))
+            if use.exclusive and use.clients and use.timeshared:
+                # NVIDIA: "Exclusive-mode restrictions are applied to the MPS server, not MPS
+                # clients" (https://docs.nvidia.com/deploy/mps/latest/when-to-use-mps.html):
+                # the server is the GPU's one context, so a non-MPS worker cannot start.
+                names = list(dict.fromkeys(use.mps_pools + use.timeshared_pools))
                 self.problems.append(
                     Problem(
-                        _pools_where(use.memory),
-                        f"memory caps on {use.label} sum to {format_mib(memory)} ({parts}), "
-                        f"more than its {format_mib(use.memory_mib)}",
-                        "lower memory or per_gpu so the caps fit in the device's memory",
+                        "pools." + "+".join(names),
+                        f"{use.label} is in compute mode Exclusive_Process: the MPS server of "
+                        f"pool {', '.join(dict.fromkeys(use.mps_pools))} is its one CUDA "
+                        f"context, so the time-shared workers of pool "
+                        f"{', '.join(dict.fromkeys(use.timeshared_pools))} cannot run beside it",
+                        "put the share pool on other GPUs with `gpus:`, or make it an `mps:` "
+                        "pool (MPS clients share the server's context)",
                     )
                 )
             if use.clients > use.max_clients:
@@ -372,6 +542,10 @@ class _Resolver:
                         "lower per_gpu",
                     )
                 )
+
+
+def _uses_mps(pool: PoolSpec) -> bool:
+    return pool.mps is not None or (pool.mig is not None and pool.mig.mps is not None)
 
 
 def _summarise(items: list[tuple[str, int]], unit: str) -> str:

@@ -11,29 +11,40 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from gpuslice.sizes import parse_size_mib
+from gpuslice.mps.paths import root_problems
+from gpuslice.plan import limits
+from gpuslice.sizes import SIZE_RULE, parse_size_mib
 
 SUPPORTED_VERSIONS = (1,)
 POOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+#: MIG profile names as NVIDIA prints them (``1g.10gb``, ``1g.10gb+me``, ``1c.3g.40gb``):
+#: letters, digits, ``.``, ``+``, ``_`` and ``-`` only, so a name is never shell syntax.
+MIG_PROFILE = re.compile(r"^[0-9a-z][0-9a-z.+_-]{0,31}$")
+#: A GPU in a ``gpus:`` list: an index, or a ``GPU-…`` UUID (checked against the GPUs by
+#: resolve; letters, digits and ``-`` only, so a reference is never shell syntax).
+GPU_UUID_REF = re.compile(r"^GPU-[0-9A-Za-z-]{1,36}$")
 
 
 def _size(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        try:
-            return parse_size_mib(value)
-        except ValueError as err:
-            raise ValueError(str(err)) from err
-    raise ValueError(f"{value!r} is not a memory size; write e.g. 10GiB or 512MiB")
+        return parse_size_mib(value)  # its ValueError names the value and the rule
+    raise ValueError(f"a {type(value).__name__} is not a memory size; {SIZE_RULE}")
 
 
 MemoryMiB = Annotated[int, BeforeValidator(_size), Field(gt=0)]
-GpuRef = int | str
+GpuIndex = Annotated[int, Field(ge=0, lt=limits.MAX_FLEET_GPUS)]
+GpuUuid = Annotated[str, Field(pattern=GPU_UUID_REF.pattern)]
+GpuRef = GpuIndex | GpuUuid
+PerGpu = Annotated[int, Field(ge=1, le=limits.MAX_SLICES_PER_GPU)]
+GpuList = Annotated[list[GpuRef], Field(min_length=1, max_length=limits.MAX_FLEET_GPUS)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: `per_gpu: "2"`, `per_gpu: true` or `oversubscribe: "yes"` are refused rather
+    # than converted; numbers are numbers and flags are booleans.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class MpsSpec(_Strict):
@@ -45,8 +56,11 @@ class MpsSpec(_Strict):
     @field_validator("compute", mode="before")
     @classmethod
     def _percent(cls, value: Any) -> Any:
+        # `compute: 25%` is text in YAML; the digits before the `%` are the number.
         if isinstance(value, str) and value.strip().endswith("%"):
-            return value.strip()[:-1]
+            digits = value.strip()[:-1].strip()
+            if digits.isdigit() and len(digits) <= 3:
+                return int(digits)
         return value
 
 
@@ -58,14 +72,20 @@ class MigSpec(_Strict):
     """MIG instances of one profile, optionally with MPS clients inside each instance."""
 
     profile: str
-    count: int | None = Field(default=None, ge=1)
+    count: int | None = Field(default=None, ge=1, le=limits.MAX_MIG_INSTANCES)
     mps: MpsSpec | None = None
-    per_instance: int = Field(default=1, ge=1)
+    per_instance: PerGpu = 1
 
     @field_validator("profile")
     @classmethod
     def _lower(cls, value: str) -> str:
-        return value.strip().lower()
+        name = value.strip().lower()
+        if not MIG_PROFILE.match(name):
+            raise ValueError(
+                f"{value[:40]!r} is not a MIG profile name; write one as nvidia-smi prints it, "
+                "e.g. 1g.10gb or 3g.40gb (see `gpuslice gpus`)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _per_instance_needs_mps(self) -> MigSpec:
@@ -87,8 +107,8 @@ class PoolSpec(_Strict):
     mps: MpsSpec | None = None
     mig: Annotated[MigSpec | None, BeforeValidator(_mig)] = None
     share: ShareSpec | None = None
-    per_gpu: int | None = Field(default=None, ge=1)
-    gpus: Literal["all"] | list[GpuRef] | None = None
+    per_gpu: PerGpu | None = None
+    gpus: Literal["all"] | GpuList | None = None
     oversubscribe: bool = False
 
     @model_validator(mode="before")
@@ -142,19 +162,33 @@ class Plan(_Strict):
     """
 
     version: int
-    gpus: Literal["all"] | list[GpuRef] = "all"
-    pools: dict[str, PoolSpec] = Field(min_length=1)
+    gpus: Literal["all"] | GpuList = "all"
+    pools: dict[str, PoolSpec] = Field(min_length=1, max_length=limits.MAX_POOLS)
     oversubscribe: bool = False
     mps_dir: str | None = None
 
     @field_validator("version", mode="before")
     @classmethod
     def _version(cls, value: Any) -> Any:
-        if value not in SUPPORTED_VERSIONS or isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int) or value not in SUPPORTED_VERSIONS:
+            shown = repr(value) if isinstance(value, (int, float)) and abs(value) < 1e9 else ""
             raise ValueError(
-                f"unsupported plan version {value!r}; this gpuslice reads version 1 "
-                "(write `version: 1`)"
+                f"unsupported plan version{' ' + shown if shown else ''}; this gpuslice reads "
+                "version 1 (write `version: 1`)"
             )
+        return value
+
+    @field_validator("mps_dir")
+    @classmethod
+    def _mps_dir(cls, value: str | None) -> str | None:
+        # The same rule parsl_config, `gpuslice mps ensure` and the workers apply.
+        if value is not None:
+            problems = root_problems(value)
+            if problems:
+                raise ValueError(
+                    "; ".join(problems) + " (mps_dir is the root of the MPS pipe and log "
+                    "directories: an absolute path on a local disk, e.g. /tmp/gs-mps)"
+                )
         return value
 
     @field_validator("pools", mode="after")
