@@ -155,7 +155,8 @@ def test_each_slice_is_its_own_worker_pool_and_is_reported_to_the_controller(
     assert code == 0, err
     layout = layout_of(PLAN, FLEET_2XH100)
     assert {d["device"] for d in hello["devices"]} == {s.device for s in layout.slices}
-    assert all(d["compute"] == 100 and d["memory_mib"] == 80 * 1024 for d in hello["devices"])
+    # 81,559 MiB: what NVML reports as an H100 80GB SXM's total (the catalog's figure).
+    assert all(d["compute"] == 100 and d["memory_mib"] == 81559 for d in hello["devices"])
     assert len(hello["initial"]) == 6
     # 2 GPUs x (2 a-slices + 1 b-slice): six worker pools, one worker each, own manager ids.
     assert sorted(m["uid"] for m in started) == sorted(found)

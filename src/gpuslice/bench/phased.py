@@ -15,7 +15,7 @@ The task kinds and slices (one emulated H100, 80 GiB; costs from
   concurrent requests keep the GPU busy; each slice holds its own copy of the model).
 - ``surrogate_train`` with a large network (16,384 molecules, batch 4,096, hidden 1,024,
   4 layers, 2 epochs): 3.9 s alone on the whole GPU, compute-bound, 30.6 GiB. It needs a slice
-  with at least that much memory: a ``train`` slice (36 GiB).
+  with at least that much memory: a ``train`` slice (34 GiB).
 
 The arrangements: fixed plans that split the GPU in different ways (every task kind to its own
 pool, or both kinds in one pool of large slices) and the elastic configuration, which starts
@@ -50,7 +50,7 @@ from gpuslice.bench.workloads import WORKLOADS
 from gpuslice.errors import UsageError
 from gpuslice.hardware.inventory import Inventory
 from gpuslice.mps.control import CONTROL_ENV, EMULATED_PROGRAM
-from gpuslice.parsl.capacity import DeviceCapacity
+from gpuslice.parsl.capacity import DeviceCapacity, SliceSize, overflow
 from gpuslice.parsl.elastic import ElasticPolicy, PoolLimits
 from gpuslice.plan.layout import Layout
 from gpuslice.plan.resolve import resolve
@@ -148,14 +148,14 @@ class Contender:
     policy: ElasticPolicy | None = None
 
 
-#: The elastic arrangement's slices: inference 5% + 3 GiB, training 45% + 36 GiB, starting
+#: The elastic arrangement's slices: inference 5% + 3 GiB, training 45% + 34 GiB, starting
 #: from eleven inference slices and one training slice (the fixed plan ``fixed-11x5-45``).
 #: Two training slices and the two inference slices the policy keeps make 100%.
 ELASTIC_PLAN: dict[str, Any] = {
     "version": 1,
     "pools": {
         "infer": {"mps": {"compute": 5, "memory": "3GiB"}, "per_gpu": 11},
-        "train": {"mps": {"compute": 45, "memory": "36GiB"}, "per_gpu": 1},
+        "train": {"mps": {"compute": 45, "memory": "34GiB"}, "per_gpu": 1},
     },
 }
 
@@ -165,7 +165,7 @@ def _split(infer_n: int, infer_pct: int, train_pct: int) -> dict[str, Any]:
         "version": 1,
         "pools": {
             "infer": {"mps": {"compute": infer_pct, "memory": "3GiB"}, "per_gpu": infer_n},
-            "train": {"mps": {"compute": train_pct, "memory": "36GiB"}, "per_gpu": 1},
+            "train": {"mps": {"compute": train_pct, "memory": "34GiB"}, "per_gpu": 1},
         },
     }
 
@@ -192,11 +192,11 @@ def contenders() -> list[Contender]:
         ),
         Arrangement(
             "fixed-one-pool",
-            "fixed: one pool, 2x50% + 40GiB",
+            "fixed: one pool, 2x50% + 38GiB",
             "d",
             {
                 "version": 1,
-                "pools": {"gpu": {"mps": {"compute": 50, "memory": "40GiB"}, "per_gpu": 2}},
+                "pools": {"gpu": {"mps": {"compute": 50, "memory": "38GiB"}, "per_gpu": 2}},
             },
         ),
     ]
@@ -261,23 +261,27 @@ def estimate_fixed(
     return total
 
 
-def rank_fixed(workflow: Sequence[Phase], memory_gib: int = 80) -> list[tuple[float, str]]:
+def rank_fixed(workflow: Sequence[Phase], memory_mib: int = 81559) -> list[tuple[float, str]]:
     """Every fixed plan for the workflow, best first, by the model's makespan.
 
     Splits: ``k`` inference slices of ``c``% (3 GiB each) and one training slice of ``t``%
-    (36 GiB), within 100% and the GPU's memory; one-pool plans: ``n`` slices of ``100/n``%
-    that each hold a training task (36 GiB or more).
+    (34 GiB); one-pool plans: ``n`` slices of ``100/n``% that each hold a training task (34 GiB
+    or more). Each must fit a GPU of ``memory_mib`` (an H100-80GB by default) by the planner's
+    rule (:func:`gpuslice.parsl.capacity.overflow`).
     """
+    gpu = DeviceCapacity("GPU", memory_mib)
+    infer_slice, train_slice = SliceSize(0, 3 * 1024), SliceSize(0, 34 * 1024)
     ranked = []
     for t in (40, 45, 50, 55, 60, 65, 70, 80):
         for c in (4, 5, 6, 8, 10, 12, 15, 20, 25):
             for k in range(1, 26):
-                if k * c + t <= 100 and 3 * k + 36 <= memory_gib:
+                if k * c + t <= 100 and overflow(gpu, [*[infer_slice] * k, train_slice]) is None:
                     cost = estimate_fixed((k, c), (1, t), workflow)
                     ranked.append((cost, f"infer {k}x{c}% + train 1x{t}%"))
-    for n in range(1, memory_gib // 36 + 1):
-        cost = estimate_fixed(None, (n, 100 // n), workflow)
-        ranked.append((cost, f"one pool {n}x{100 // n}%"))
+    for n in range(1, 5):
+        if overflow(gpu, [train_slice] * n) is None:
+            cost = estimate_fixed(None, (n, 100 // n), workflow)
+            ranked.append((cost, f"one pool {n}x{100 // n}%"))
     return sorted(ranked)
 
 
