@@ -357,3 +357,13 @@ def test_no_decision_ever_exceeds_a_device_or_retires_below_a_minimum(
         grown = sum(1 for m in moves if m.kind == "start" and m.pool == name)
         assert active + grown <= policy.limits(name).ceiling or grown == 0
         assert grown == 0 or active + grown <= goal[name]
+
+
+def test_a_device_keeps_room_for_every_cuda_context_as_the_planner_does() -> None:
+    # 512 MiB per context (each slice, and the MPS server): two 4,608 MiB caps need
+    # 9,216 + 3 x 512 = 10,752 MiB, more than a 10,240 MiB device; one needs 5,632.
+    device = DeviceCapacity("GPU-s", 10240)
+    assert overflow(device, [SliceSize(10, 4608)]) is None
+    problem = overflow(device, [SliceSize(10, 4608)] * 2)
+    assert problem is not None
+    assert "plus 1.5GiB kept for 3 CUDA contexts" in problem
