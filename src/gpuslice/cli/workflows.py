@@ -49,10 +49,12 @@ def demo(fleet: str | None, plan_source: str | None, tasks: int, as_json: bool) 
 @click.command()
 @click.option(
     "--workload",
-    type=click.Choice(["llm", "surrogate", "science", "stencil"]),
+    type=click.Choice(["llm", "surrogate", "science", "stencil", "phased"]),
     default="llm",
     show_default=True,
-    help="Task mix: LLM inference, surrogate infer+train, dense or stencil kernels.",
+    help="Task mix: LLM inference, surrogate infer+train, dense or stencil kernels; or "
+    "`phased`, a workflow in phases (inference burst, retraining, both) run under fixed plans "
+    "and an elastic configuration.",
 )
 @click.option(
     "--plans",
@@ -103,6 +105,11 @@ def bench(
     (d) gpuslice-N        N MPS slices per GPU with compute and memory limits
     (e) batched-N         one worker per GPU, N tasks batched per call (the ceiling)
 
+    With --workload phased: fixed plans against elastic pools (gpuslice.parsl.elastic) on a
+    workflow whose phases follow each other; --tasks scales the phases (in percent of the
+    default 900 + 30 + 42 tasks), and the JSON holds each run's phases, capacity check and,
+    for elastic, the controller's decision log.
+
     Writes <workload>-<device>.json/.png/.md under --out, with device, driver, CUDA, torch and
     package versions and the date.
     """
@@ -128,6 +135,11 @@ def bench(
             inventory = discover(fleet)
     else:
         inventory = discover(fleet)
+    if workload == "phased":
+        from gpuslice.bench.phased import bench_phased
+
+        bench_phased(inventory, plans, tasks, Path(out), smoke, as_json, notices)
+        return
     memory = min(g.memory_mib for g in inventory.gpus)
     if plans:
         try:

@@ -37,6 +37,7 @@ from parsl.providers.base import ExecutionProvider
 
 from gpuslice.errors import PlanError, UsageError
 from gpuslice.hardware.inventory import discover
+from gpuslice.parsl.elastic import ElasticController, ElasticPolicy
 from gpuslice.parsl.executor import SliceExecutor, worker_pool_command
 from gpuslice.parsl.group import NodeGroup
 from gpuslice.parsl.node import NodeSpec
@@ -266,6 +267,10 @@ def register_emulated_devices(layout: Layout) -> None:
     register_devices(devices)
 
 
+#: ``parsl_config``'s strategy when none is given: Parsl's ``simple``, or ``none`` when elastic.
+_DEFAULT_STRATEGY = "default"
+
+
 def parsl_config(
     plan_or_layout: Layout | Plan | str | Path,
     *,
@@ -276,7 +281,8 @@ def parsl_config(
     node_fleet: str | Path | None = None,
     emulated: bool | None = None,
     keep_daemons: bool = False,
-    strategy: str | None = "simple",
+    strategy: str | None = _DEFAULT_STRATEGY,
+    elastic: ElasticPolicy | None = None,
     **htex_options: Any,
 ) -> Config:
     """A Parsl configuration with one executor per pool of the plan and one job per node.
@@ -303,7 +309,13 @@ def parsl_config(
         keep_daemons: leave the MPS daemons running when the run ends (default: every node
             stops the daemons it started once its block ends).
         strategy: Parsl's scaling strategy (``simple``, ``htex_auto_scale`` or ``none``);
-            scaling adds and removes whole nodes.
+            scaling adds and removes whole nodes. Default ``simple``, and ``none`` with
+            ``elastic`` (the only strategy allowed then: Parsl's would fight the controller).
+        elastic: resize the pools while the workflow runs
+            (:class:`~gpuslice.parsl.elastic.ElasticPolicy`): each node runs one worker pool
+            per slice and a controller in this process moves capacity between pools, within
+            each device's compute and memory (:mod:`gpuslice.parsl.elastic`). Needs MPS pools
+            with compute and memory limits; nodes connect back to this process over TCP.
         **htex_options: passed to every HighThroughputExecutor (e.g. ``heartbeat_period``).
 
     Returns:
@@ -312,11 +324,21 @@ def parsl_config(
 
     Raises:
         PlanError: the plan does not fit the GPUs.
-        UsageError: executor options that clash with the plan, or an unusable provider.
+        UsageError: executor options that clash with the plan, an unusable provider, or an
+            elastic policy the plan cannot follow.
     """
     layout = layout_of(plan_or_layout, fleet)
     base = _copied(provider) if provider is not None else _default_provider()
     _check_provider(base)
+    if strategy == _DEFAULT_STRATEGY:
+        strategy = "none" if elastic is not None else "simple"
+    if elastic is not None:
+        if strategy not in ("none", None):
+            raise UsageError(
+                f"strategy={strategy!r} would let Parsl add and remove nodes while the elastic "
+                "controller resizes pools; leave strategy out (it becomes 'none') or drop elastic="
+            )
+        elastic.check(layout)
     group_id = NodeGroup.new_id()
     spec = node_spec(
         plan_or_layout,
@@ -327,7 +349,8 @@ def parsl_config(
         emulated=emulated,
         keep_daemons=keep_daemons,
     )
-    group = NodeGroup(base, spec, [gpuslice_command(), "node-run"])
+    controller = ElasticController(elastic, group_id) if elastic is not None else None
+    group = NodeGroup(base, spec, [gpuslice_command(), "node-run"], elastic=controller)
     executors = [pool_executor(pool, group, layout, **htex_options) for pool in layout.pools]
     if spec.emulated:
         register_emulated_devices(layout)

@@ -97,6 +97,16 @@ class SliceExecutor(HighThroughputExecutor):
         """Start the interchange; from now on the executor can launch blocks."""
         super().start()  # type: ignore[no-untyped-call]
         self.started = True
+        group = getattr(self.provider, "group", None)
+        if group is not None:
+            group.executor_started(self)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the node group's elastic controller (if any), then shut down as Parsl does."""
+        group = getattr(self.provider, "group", None)
+        if group is not None:
+            group.executor_stopping(self)
+        super().shutdown(timeout)
 
     def submit(
         self, func: Any, resource_specification: dict[str, Any], *args: Any, **kwargs: Any

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from parsl.jobs.states import JobState, JobStatus
@@ -40,6 +40,7 @@ from parsl.providers.base import ExecutionProvider
 from gpuslice.parsl.node import NodeSpec, encode_spec
 
 if TYPE_CHECKING:
+    from gpuslice.parsl.elastic import ElasticController
     from gpuslice.parsl.executor import SliceExecutor
 
 __all__ = ["PULL_AFTER_S", "NodeGroup", "PoolProvider"]
@@ -76,12 +77,22 @@ class NodeGroup:
             launcher and ``worker_init`` wrap every job's command.
         spec: what every node is told (plan, fleet, slices per pool).
         node_run: the argv prefix that runs ``gpuslice node-run`` on a node.
+        elastic: the elastic controller of an elastic configuration: its hub's address goes
+            into every node's spec, it starts once every pool's executor has started, and it
+            stops before the group's nodes are cancelled.
     """
 
-    def __init__(self, provider: ExecutionProvider, spec: NodeSpec, node_run: list[str]) -> None:
+    def __init__(
+        self,
+        provider: ExecutionProvider,
+        spec: NodeSpec,
+        node_run: list[str],
+        elastic: ElasticController | None = None,
+    ) -> None:
         self.provider = provider
         self.spec = spec
         self.node_run = node_run
+        self.elastic = elastic
         self.pools = list(spec.pools)
         self.executors: dict[str, SliceExecutor] = {}
         self.nodes: list[_Node] = []
@@ -98,11 +109,32 @@ class NodeGroup:
         """The provider a pool's executor uses."""
         return PoolProvider(self, pool)
 
+    # -- the elastic controller's lifecycle ------------------------------------------------
+
+    def executor_started(self, executor: SliceExecutor) -> None:
+        """An executor has started; the elastic controller starts once all of them have."""
+        if self.elastic is None:
+            return
+        with self.lock:
+            ready = len(self.executors) == len(self.pools) and all(
+                e.started for e in self.executors.values()
+            )
+        if ready:
+            self.elastic.start(self.executors)
+
+    def executor_stopping(self, executor: SliceExecutor) -> None:
+        """An executor shuts down: the elastic controller stops before it uses it again."""
+        if self.elastic is not None:
+            self.elastic.stop()
+
     # -- submit ---------------------------------------------------------------------------
 
     def node_command(self, node: _Node) -> str:
         """The command a node's job runs: node-run with every pool's worker-pool command."""
-        words = [*self.node_run, "--spec", encode_spec(self.spec)]
+        spec = self.spec
+        if self.elastic is not None:
+            spec = replace(spec, elastic={"hub": self.elastic.hub_address().to_dict()})
+        words = [*self.node_run, "--spec", encode_spec(spec)]
         for pool in self.pools:
             words += ["--pool", f"{pool}={node.commands[pool]}"]
         return shlex.join(words)
@@ -182,7 +214,13 @@ class NodeGroup:
             return result
 
     def cancel(self, pool: str, job_ids: list[str]) -> list[bool]:
-        """A pool lets go of nodes; a node's job is cancelled once every pool let go of it."""
+        """A pool lets go of nodes; a node's job is cancelled once every pool let go of it.
+
+        With strategy ``none`` (elastic mode) only the DataFlowKernel's cleanup cancels blocks,
+        so the elastic controller stops first: it must not start slices on a node going away.
+        """
+        if self.elastic is not None:
+            self.elastic.stop()
         with self.lock:
             done = []
             to_cancel = []

@@ -105,6 +105,9 @@ class NodeSpec:
         fleet: the fleet file of emulated nodes (None: the node's GPUs through NVML).
         emulate_dir: the emulated GPU's state directory, for emulated nodes.
         keep_daemons: leave the MPS daemons running when the node run ends.
+        elastic: for an elastic configuration, ``{"hub": HubAddress.to_dict()}``: the node runs
+            one worker pool per slice and takes orders from the controller
+            (:mod:`gpuslice.parsl.elastic_node`); None for a fixed plan.
     """
 
     group: str
@@ -114,6 +117,7 @@ class NodeSpec:
     fleet: str | None = None
     emulate_dir: str | None = None
     keep_daemons: bool = False
+    elastic: dict[str, Any] | None = None
 
     @property
     def emulated(self) -> bool:
@@ -149,6 +153,7 @@ def decode_spec(text: str) -> NodeSpec:
             fleet=data.get("fleet"),
             emulate_dir=data.get("emulate_dir"),
             keep_daemons=bool(data.get("keep_daemons", False)),
+            elastic=data.get("elastic"),
         )
     except (binascii.Error, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"--spec is not a node spec written by gpuslice: {err}") from err
@@ -176,6 +181,11 @@ class _WorkerPool:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, env=self.env)
+
+    @property
+    def current_uid(self) -> str:
+        """The manager id of the running worker pool: ``uid``, then ``uid.rN`` after restart N."""
+        return self.uid if self.restarts == 0 else f"{self.uid}.r{self.restarts}"
 
     @property
     def alive(self) -> bool:
@@ -462,8 +472,15 @@ class NodeAgent:
                 f"{wp.restarts + 1} times; not restarting it again"
             )
             return
+        # A new manager id: were the old one reused, the interchange would replace the old
+        # manager's record on registration and never report the tasks it held as lost.
+        old = f"--uid={wp.current_uid}"
         wp.restarts += 1
-        _say(f"pool {wp.pool}'s worker pool on {wp.device} exited {code}; restarting it")
+        wp.argv = [a if a != old else f"--uid={wp.current_uid}" for a in wp.argv]
+        _say(
+            f"pool {wp.pool}'s worker pool on {wp.device} exited {code}; restarting it as "
+            f"{wp.current_uid}"
+        )
         wp.start()
 
     def supervise(self) -> int:
@@ -544,7 +561,13 @@ def run(spec: NodeSpec, commands: dict[str, str]) -> int:
     Returns:
         The exit status (1 when a pool cannot start here or every device was given up).
     """
-    agent = NodeAgent(spec, commands)
+    agent: NodeAgent
+    if spec.elastic is not None:
+        from gpuslice.parsl.elastic_node import ElasticNodeAgent
+
+        agent = ElasticNodeAgent(spec, commands)
+    else:
+        agent = NodeAgent(spec, commands)
     with _signals(agent):
         try:
             agent.start()
