@@ -141,6 +141,7 @@ class Prober:
         from parsl.providers import LocalProvider
 
         from gpuslice.parsl.config import parsl_config
+        from gpuslice.parsl.executor import SliceExecutor
         from gpuslice.plan.resolve import resolve
 
         self._sequence += 1
@@ -163,7 +164,8 @@ class Prober:
         )
         # The pool's executor as parsl_config builds it (its own node group: node-run starts the
         # MPS daemon and the slice's workers, and stops the daemon when the block ends).
-        executor = parsl_config(layout, provider=provider).executors[0]
+        (executor,) = parsl_config(layout, provider=provider).executors
+        assert isinstance(executor, SliceExecutor)
         self._pipe_dirs.update(d.pipe_dir for d in layout.daemons)
         self._dfk.add_executors([executor])
         executor.scale_out_facade(1)
