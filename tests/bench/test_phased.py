@@ -162,11 +162,29 @@ def test_the_sampler_reads_live_slices_from_their_own_environments(
     assert sampler.peaks()["GPU-fake"] == {"compute": 110, "memory_mib": 2048, "slices": 2}
 
 
+#: A stand-in for Parsl's process_worker_pool.py that starts processes as it does: first
+#: ``SpawnContext.Manager()`` (a spawned server process), then one spawned process per worker.
+FAKE_POOL = """
+import sys, time
+from parsl.multiprocessing import SpawnContext
+
+def work():
+    time.sleep(60)
+
+if __name__ == "__main__":
+    manager = SpawnContext.Manager()
+    workers = [SpawnContext.Process(target=work) for _ in range(int(sys.argv[1]))]
+    for w in workers:
+        w.start()
+    time.sleep(60)
+"""
+
+
 def test_the_sampler_counts_each_worker_of_a_fixed_plans_worker_pool_of_this_run_only(
-    fake_slices: list[subprocess.Popen[bytes]],
+    fake_slices: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     # A fixed plan's worker pool: a manager and its workers share one environment without
-    # GPUSLICE_SLICE; each worker (multiprocessing's spawn_main) is one slice.
+    # GPUSLICE_SLICE; each worker is one slice, the pool's multiprocessing Manager server is not.
     env = {
         **os.environ,
         "GPUSLICE_POOL": "q",
@@ -175,14 +193,22 @@ def test_the_sampler_counts_each_worker_of_a_fixed_plans_worker_pool_of_this_run
         "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=2G",
     }
     env.pop("GPUSLICE_SLICE", None)
-    worker = "import time  # spawn_main stand-in\ntime.sleep(60)"
-    manager = "import time\ntime.sleep(60)"
+    script = tmp_path / "process_worker_pool.py"
+    script.write_text(FAKE_POOL)
     ours = {**env, "GPUSLICE_HOLDER": "node-run.g1.100"}
     theirs = {**env, "GPUSLICE_HOLDER": "node-run.g2.200"}  # another run, same device name
-    for code, environ in ((manager, ours), (worker, ours), (worker, ours), (worker, theirs)):
+    for workers, environ in ((2, ours), (1, theirs)):
         fake_slices.append(
-            subprocess.Popen([sys.executable, "-c", code], env=environ, start_new_session=True)
+            subprocess.Popen(
+                [sys.executable, str(script), str(workers)], env=environ, start_new_session=True
+            )
         )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = SliceSampler(devices=frozenset({"GPU-fixed"})).scan().slices.get("GPU-fixed", ())
+        if len(found) >= 3:
+            break
+        time.sleep(0.2)
     time.sleep(0.5)
     assert len(SliceSampler(devices=frozenset({"GPU-fixed"})).scan().slices["GPU-fixed"]) == 3
     sample = SliceSampler(devices=frozenset({"GPU-fixed"}), group="g1").scan()

@@ -60,6 +60,30 @@ def limits_of(environ: Mapping[str, str]) -> SliceSize | None:
     return SliceSize(int(float(compute)), int(value[:-1]) * scale)
 
 
+def _is_pool_mp_manager(proc: psutil.Process) -> bool:
+    """Whether a spawned child of a Parsl worker pool is its multiprocessing Manager, no worker.
+
+    Parsl's ``process_worker_pool.py`` starts ``SpawnContext.Manager()`` ("Starts a server
+    process") in its constructor, before it spawns any worker; that server is spawned like the
+    workers (``spawn_main`` on its command line) and inherits the slice's environment, but runs
+    no task. So the oldest spawned child of a worker pool is the Manager's server.
+    """
+    try:
+        parent = proc.parent()
+        if parent is None or "process_worker_pool" not in " ".join(parent.cmdline()):
+            return False
+        spawned = []
+        for child in parent.children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    spawned.append((child.create_time(), child.pid))
+            except (psutil.Error, OSError):
+                continue
+    except (psutil.Error, OSError):
+        return False
+    return bool(spawned) and min(spawned)[1] == proc.pid
+
+
 @dataclass(frozen=True)
 class _Live:
     slice: str
@@ -132,7 +156,7 @@ class SliceSampler:
         if not slice_id:
             # A fixed plan's worker pool serves several slices of a device, one per worker:
             # each worker process (multiprocessing's spawn) is one slice; its manager is not.
-            if "spawn_main" not in cmdline:
+            if "spawn_main" not in cmdline or _is_pool_mp_manager(proc):
                 return None
             slice_id = f"{pool}.worker-{proc.pid}"
         return _Live(slice_id, pool, device, size)
