@@ -23,9 +23,10 @@ function       work   duty   occupancy  memory  p95 bound  what limits it
 on an 80 GB GPU with 20% headroom) that the search measures most of them.
 
 ``bandwidth`` (a fraction of the device's memory bandwidth the kernels need while they run) is
-part of every shape but None today: the emulated GPU does not model bandwidth sharing yet. When
-it does, set it in :data:`SHAPES` and :func:`run_shape` passes it on; an emulator without it
-refuses the argument instead of ignoring it.
+part of every shape and None in all of them: these shapes differ in SMs, duty and memory, and the
+committed sweep (``benchmarks/rightsize_sweep.py``) was measured so. The emulated GPU shares
+bandwidth too (docs/emulation-model.md); a shape given a value passes it to the kernel, and a
+shape without one takes no part in bandwidth sharing.
 """
 
 from __future__ import annotations
