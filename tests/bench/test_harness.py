@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from gpuslice.bench.arrangements import POOL, by_name, standard
-from gpuslice.bench.harness import Completions, TaskSpec, _batches, _union_busy, task_list
+from gpuslice.bench.harness import MIXES, Completions, TaskSpec, _batches, _union_busy, task_list
 from gpuslice.bench.task import WarmUpError, batched_params, check_in, run_task
 from gpuslice.cli import cli
 from gpuslice.errors import UsageError
@@ -375,3 +375,10 @@ def test_demo_reports_both_runs_and_their_ratio(
 def test_taskspec_is_plain_data() -> None:
     spec = TaskSpec("llm", {"size": "tiny"})
     assert json.loads(json.dumps(spec.__dict__)) == {"workload": "llm", "params": {"size": "tiny"}}
+
+
+def test_every_mix_is_a_bench_workload() -> None:
+    from gpuslice.cli.workflows import bench
+
+    (workload,) = [p for p in bench.params if p.name == "workload"]
+    assert set(MIXES) | {"phased"} == set(workload.type.choices)  # type: ignore[attr-defined]

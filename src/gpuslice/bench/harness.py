@@ -48,6 +48,9 @@ from gpuslice.plan.resolve import resolve
 MIXES: dict[str, tuple[tuple[str, str, float], ...]] = {
     "llm": (("llm", "medium", 1.0),),
     "surrogate": (("surrogate_infer", "large", 0.75), ("surrogate_train", "medium", 0.25)),
+    # Two tenants that want different slices: launch-bound LLM decoding (many small slices)
+    # beside a stencil that fills every SM it gets (one large slice): the right-sizing mix.
+    "llm-stencil": (("llm", "medium", 0.8), ("stencil", "large", 0.2)),
     "science": (("science", "large", 1.0),),
     "stencil": (("stencil", "medium", 1.0),),
 }

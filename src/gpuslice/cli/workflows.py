@@ -49,10 +49,11 @@ def demo(fleet: str | None, plan_source: str | None, tasks: int, as_json: bool) 
 @click.command()
 @click.option(
     "--workload",
-    type=click.Choice(["llm", "surrogate", "science", "stencil", "phased"]),
+    type=click.Choice(["llm", "surrogate", "science", "stencil", "llm-stencil", "phased"]),
     default="llm",
     show_default=True,
-    help="Task mix: LLM inference, surrogate infer+train, dense or stencil kernels; or "
+    help="Task mix: LLM inference, surrogate infer+train, dense or stencil kernels, LLM "
+    "decoding beside a stencil (80/20, the right-sizing mix); or "
     "`phased`, a workflow in phases (inference burst, retraining, both) run under fixed plans "
     "and an elastic configuration.",
 )
