@@ -82,6 +82,7 @@ __all__ = [
     "current_slice",
     "device_info",
     "emulate_dir",
+    "forget_contexts",
     "kernel",
     "mps_connection",
     "parse_active_thread_percentage",
@@ -788,3 +789,16 @@ def reset_peak_memory() -> None:
     """Start a new peak (as ``torch.cuda.reset_peak_memory_stats`` does)."""
     with _PEAK_LOCK:
         _PEAK_MIB["held"] = 0
+
+
+def forget_contexts() -> None:
+    """Drop this process's emulated MPS contexts and lost-context errors, as a new process has none.
+
+    A CUDA context lives as long as its process, so the emulator keeps each process's MPS
+    connection (and a lost one) for good. A test suite runs many tests in one process: between
+    tests it calls this so that one test's daemon, stopped at its end, does not leave the next
+    test's kernels in a lost context.
+    """
+    with _MPS_LOCK:
+        _GRANTS.clear()
+        _LOST.clear()
