@@ -51,7 +51,10 @@ def main() -> int:
     }
     gpuslice = str(Path(sys.executable).parent / "gpuslice")
 
-    from gpuslice.bench.suggested import suggest_command
+    from gpuslice.bench.suggested import DEFAULT_MIX, suggest_command
+
+    # Plain `suggested` is the default mix's plan; any other mix is named `suggested-<mix>`.
+    arrangement = "suggested" if args.mix == DEFAULT_MIX else f"suggested-{args.mix}"
 
     command = suggest_command(args.mix, args.fleet).split()
     command[0] = gpuslice
@@ -60,7 +63,7 @@ def main() -> int:
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True)
     profiling_s = time.perf_counter() - started
-    plans = ",".join(("one-per-gpu", *EQUAL, "mps-unlimited-4", "suggested"))
+    plans = ",".join(("one-per-gpu", *EQUAL, "mps-unlimited-4", arrangement))
     bench = [gpuslice, "bench", "--workload", args.mix, "--plans", plans, "--tasks",
              str(args.tasks), "--fleet", args.fleet, "--out", str(scratch / "bench")]  # fmt: skip
     print("$", " ".join(bench), flush=True)
@@ -73,7 +76,7 @@ def main() -> int:
     data = json.loads(produced.read_text())
     by_name = {a["name"]: a for a in data["arrangements"]}
     best_equal = max((by_name[n] for n in EQUAL), key=lambda a: a["throughput"])
-    suggested = by_name["suggested"]
+    suggested = by_name[arrangement]
     data["rightsize"] = {
         "plan": (scratch / "plan.yaml").read_text(),
         "suggest_command": " ".join(command[1:]),
