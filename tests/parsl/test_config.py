@@ -181,3 +181,10 @@ def test_tasks_are_submitted_through_gpuslices_task_executor(
     ((context, buffer),) = sent
     assert context == {"task_executor": {"f": TASK_EXECUTOR}}
     assert isinstance(buffer, bytes)
+
+
+def test_the_first_node_is_asked_for_within_a_second_of_load() -> None:
+    # Parsl requests init_blocks at its strategy's first run, strategy_period after load.
+    config = parsl_config("a=1x mps:50%", fleet=FLEET_2XH100)
+    assert config.strategy_period == 1.0
+    assert parsl_config("a=1x mps:50%", fleet=FLEET_2XH100, strategy_period=5).strategy_period == 5

@@ -47,6 +47,7 @@ from gpuslice.plan.resolve import resolve
 from gpuslice.plan.schema import Plan
 
 __all__ = [
+    "STRATEGY_PERIOD_S",
     "gpuslice_command",
     "layout_of",
     "node_spec",
@@ -267,6 +268,13 @@ def register_emulated_devices(layout: Layout) -> None:
     register_devices(devices)
 
 
+#: Seconds between Parsl's strategy runs (``Config.strategy_period``). Parsl launches the initial
+#: blocks at the first run (parsl/jobs/strategy.py, ``_strategy_init_only`` and
+#: ``_general_strategy``: "Scaling out %d initial blocks"), so its default of 5 s kept every
+#: workflow's first node waiting 5 s after ``parsl.load``; one second is cheap, since a provider's
+#: own ``status_polling_interval`` spaces the scheduler queries (parsl/jobs/job_status_poller.py).
+STRATEGY_PERIOD_S = 1.0
+
 #: ``parsl_config``'s strategy when none is given: Parsl's ``simple``, or ``none`` when elastic.
 _DEFAULT_STRATEGY = "default"
 
@@ -282,6 +290,7 @@ def parsl_config(
     emulated: bool | None = None,
     keep_daemons: bool = False,
     strategy: str | None = _DEFAULT_STRATEGY,
+    strategy_period: float = STRATEGY_PERIOD_S,
     elastic: ElasticPolicy | None = None,
     **htex_options: Any,
 ) -> Config:
@@ -311,6 +320,11 @@ def parsl_config(
         strategy: Parsl's scaling strategy (``simple``, ``htex_auto_scale`` or ``none``);
             scaling adds and removes whole nodes. Default ``simple``, and ``none`` with
             ``elastic`` (the only strategy allowed then: Parsl's would fight the controller).
+        strategy_period: seconds between two runs of Parsl's job status poller and strategy
+            (:data:`STRATEGY_PERIOD_S`; Parsl's own default is 5). Parsl requests the
+            ``init_blocks`` at the poller's first run, so this is also how long after
+            ``parsl.load`` the first node is asked for. Batch schedulers are not queried more
+            often: each provider's ``status_polling_interval`` still spaces its status calls.
         elastic: resize the pools while the workflow runs
             (:class:`~gpuslice.parsl.elastic.ElasticPolicy`): each node runs one worker pool
             per slice and a controller in this process moves capacity between pools, within
@@ -355,5 +369,9 @@ def parsl_config(
     if spec.emulated:
         register_emulated_devices(layout)
     return Config(
-        executors=executors, retries=retries, run_dir=run_dir or "runinfo", strategy=strategy
+        executors=executors,
+        retries=retries,
+        run_dir=run_dir or "runinfo",
+        strategy=strategy,
+        strategy_period=strategy_period,
     )
