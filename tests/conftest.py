@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +52,50 @@ def h100x2(fleet: Callable[..., Inventory]) -> Inventory:
 def examples() -> Path:
     """The example plans and fleets shipped with the package."""
     return EXAMPLES
+
+
+#: Programs a test run starts that must not outlive it.
+_OURS = ("mps-control", "process_worker_pool", "interchange.py", "node-run")
+_SESSION_START = time.time()
+#: Marks the processes this test run starts (inherited by Parsl's and node-run's children).
+_SESSION_ENV = "GPUSLICE_TEST_SESSION"
+os.environ[_SESSION_ENV] = str(os.getpid())
+_LEFT: list[str] = []
+
+
+def _left_by_this_run(proc: Any) -> bool:
+    """Whether ``proc`` was started by this test run and is one of :data:`_OURS`.
+
+    MPS daemons start with a clean environment (no session mark); one whose pipe directory is
+    gone (a test's temporary root, removed) is an orphan of a test either way.
+    """
+    cmdline = " ".join(proc.info["cmdline"] or ())
+    if proc.info["create_time"] < _SESSION_START or not any(n in cmdline for n in _OURS):
+        return False
+    try:
+        environ = proc.environ()
+    except Exception:  # gone, or not ours to read
+        return False
+    if environ.get(_SESSION_ENV) == os.environ[_SESSION_ENV]:
+        return True
+    pipe = environ.get("CUDA_MPS_PIPE_DIRECTORY")
+    return "mps-control" in cmdline and pipe is not None and not os.path.isdir(pipe)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop (and report) any daemon, worker pool or interchange this run started and left."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        if proc.info["pid"] == os.getpid() or not _left_by_this_run(proc):
+            continue
+        _LEFT.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or ())[:160]}")
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _LEFT:
+        terminalreporter.write_sep("=", f"{len(_LEFT)} process(es) left running by tests, killed")
+        for line in _LEFT:
+            terminalreporter.write_line(line)

@@ -23,6 +23,7 @@ from gpuslice.bench.harness import MIXES, Completions, TaskSpec, _batches, _unio
 from gpuslice.bench.task import WarmUpError, batched_params, check_in, run_task
 from gpuslice.cli import cli
 from gpuslice.errors import UsageError
+from tests.parsl.conftest import stop_daemons_under
 
 
 def test_task_list_keeps_the_mix_proportions_interleaved() -> None:
@@ -287,6 +288,7 @@ def mps_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="gsb-", dir="/tmp"))
     monkeypatch.setenv("GPUSLICE_MPS_ROOT", str(root))
     yield root
+    stop_daemons_under(root)
     shutil.rmtree(root, ignore_errors=True)
 
 

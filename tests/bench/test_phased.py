@@ -31,6 +31,7 @@ from gpuslice.errors import UsageError
 from gpuslice.hardware.inventory import discover
 from gpuslice.parsl.capacity import DeviceCapacity, SliceSize
 from gpuslice.plan.resolve import resolve
+from tests.parsl.conftest import stop_daemons_under
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET_1XH100 = str(REPO / "src" / "gpuslice" / "examples" / "fleet-1xh100.yaml")
@@ -275,6 +276,7 @@ def test_phased_smoke_runs_elastic_and_checks_capacity_throughout(
             ],
         )
     finally:
+        stop_daemons_under(root / "mps")
         shutil.rmtree(root, ignore_errors=True)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,12 +41,31 @@ def emulated_environment() -> Iterator[Path]:
     try:
         yield root
     finally:
+        stop_daemons_under(root / "mps")
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_daemons_under(mps_root: Path, wait_s: float = 20.0) -> None:
+    """Wait for the MPS daemons under ``mps_root`` to go, then stop any that did not.
+
+    Parsl's cleanup cancels a block and returns at once; the block's node-run then stops its
+    worker pools and releases its daemons. Removing the root before that would cut node-run off
+    from its daemons (their pipe directories gone) and leave them running.
+    """
+    from gpuslice.mps import daemon
+
+    pipes = [str(p) for p in sorted(mps_root.glob("*/pipe"))]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(daemon.daemon_pid(p) for p in pipes):
+        time.sleep(0.2)
+    for pipe in pipes:
+        if daemon.daemon_pid(pipe):
+            daemon.stop(pipe, timeout=5)
 
 
 @contextmanager

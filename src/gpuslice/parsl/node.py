@@ -78,8 +78,12 @@ __all__ = [
 DAEMON_RETRIES = 3
 #: Seconds between two supervision rounds.
 SUPERVISE_PERIOD_S = 1.0
-#: Seconds worker pools get to exit on SIGTERM before they are killed.
-STOP_GRACE_S = 10.0
+#: Seconds worker pools get to exit on SIGTERM before they are killed. Short, so that node-run
+#: has stopped its workers and released its MPS daemons before the batch system's own SIGKILL:
+#: Slurm sends it ``KillWait`` seconds after SIGTERM (default 30, sites set it as low as 5;
+#: https://slurm.schedmd.com/slurm.conf.html#OPT_KillWait), and a daemonized MPS control daemon
+#: outlives a killed node-run where Slurm tracks processes by parentage (proctrack/linuxproc).
+STOP_GRACE_S = 3.0
 #: Restarts of one crashed worker pool before its device is given up on.
 MANAGER_RESTARTS = 3
 #: Prefix of an encoded spec on the command line.
