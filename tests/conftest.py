@@ -83,12 +83,20 @@ def _left_by_this_run(proc: Any) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop (and report) any daemon, worker pool or interchange this run started and left."""
+    """Stop (and report) any daemon, worker pool or interchange this run started and left.
+
+    A node-run whose block was cancelled by the last test may still be stopping: everything
+    gets a few seconds to exit on its own first.
+    """
     import psutil
 
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
-        if proc.info["pid"] == os.getpid() or not _left_by_this_run(proc):
-            continue
+    found = [
+        proc
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time"])
+        if proc.info["pid"] != os.getpid() and _left_by_this_run(proc)
+    ]
+    _, alive = psutil.wait_procs(found, timeout=10)
+    for proc in alive:
         _LEFT.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or ())[:160]}")
         with contextlib.suppress(psutil.Error):
             proc.kill()

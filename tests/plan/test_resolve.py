@@ -245,3 +245,13 @@ def test_the_slice_bound_counts_mig_instances_that_exist(fleet: Fleet) -> None:
     found = problems(plan, plain)
     assert not any("16384" in p for p in found)
     assert any("no GPU here is in MIG mode" in p for p in found)
+
+
+def test_slices_that_fit_follow_the_context_reserve() -> None:
+    from gpuslice.plan.resolve import slices_that_fit
+
+    # An H100 as NVML reports it (81,559 MiB): 14 caps of 5 GiB plus 15 contexts of 512 MiB
+    # take 71,680 + 7,680 = 79,360 MiB; 15 would take 76,800 + 8,192 = 84,992.
+    assert slices_that_fit(81_559, 5_120) == 14
+    assert slices_that_fit(81_559, 81_559) == 0
+    assert slices_that_fit(1_536, 512) == 1

@@ -51,6 +51,18 @@ def contexts_reserve_mib(contexts: int) -> int:
     return CUDA_CONTEXT_RESERVE_MIB * contexts
 
 
+def slices_that_fit(device_memory_mib: int, cap_mib: int) -> int:
+    """How many MPS slices with memory cap ``cap_mib`` one device holds (0 when none).
+
+    The planner's rule: the caps plus one context reserve for each slice and one for the MPS
+    server fit in the device's memory, ``n * cap + (n + 1) * reserve <= memory``.
+    """
+    if cap_mib < 1:
+        raise ValueError(f"cap_mib must be at least 1, not {cap_mib}")
+    free = device_memory_mib - contexts_reserve_mib(1)
+    return max(0, free // (cap_mib + contexts_reserve_mib(1)))
+
+
 def equal_memory_cap_mib(device_memory_mib: int, slices: int) -> int:
     """The largest memory cap ``slices`` equal MPS slices of one device may each have.
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from gpuslice.errors import GpusliceError, UsageError
 from gpuslice.hardware.inventory import Gpu, Inventory, discover
+from gpuslice.plan.resolve import slices_that_fit
 from gpuslice.rightsize.choice import feasible, memory_cap_mib, recommend
 from gpuslice.rightsize.identity import Call, function_id
 from gpuslice.rightsize.measure import Point
@@ -279,7 +280,8 @@ def _run(
                 "function (or its --args-from arguments) and profile again"
             )
         cap = memory_cap_mib(first.peak_memory_mib)
-        fits = device.memory_mib // cap if cap else limit
+        # As many slices as the planner lets fit: caps plus a context reserve per client.
+        fits = slices_that_fit(device.memory_mib, cap) if cap else limit
         grid = candidate_sizes(device.sm_count, max(1, min(limit, fits)))
         by_count = {s.per_gpu: s for s in grid}
         while True:

@@ -39,6 +39,7 @@ from typing import Any
 from gpuslice.errors import UsageError
 from gpuslice.hardware.catalog import MODELS, MPS_MAX_CLIENTS
 from gpuslice.mps.limits import visible_sm_count
+from gpuslice.plan.resolve import contexts_reserve_mib, slices_that_fit
 from gpuslice.rightsize.choice import memory_cap_mib
 from gpuslice.rightsize.measure import Point
 from gpuslice.rightsize.profile import Profile
@@ -227,14 +228,16 @@ def _pack(
     for m in models:
         max_n = clients
         if m.cap:
-            max_n = min(max_n, memory_mib // m.cap)
+            max_n = min(max_n, slices_that_fit(memory_mib, m.cap))
         got = _cheapest(m, target * m.share, max_n)
         if got is None:
             return None
         choice.append(got)
     if sum(n * c for n, c in choice) > 100 or sum(n for n, _ in choice) > clients:
         return None
-    if sum(n * (m.cap or 0) for (n, _), m in zip(choice, models, strict=True)) > memory_mib:
+    caps = sum(n * (m.cap or 0) for (n, _), m in zip(choice, models, strict=True))
+    # The planner's rule: caps plus a context reserve per client and for the MPS server.
+    if caps + contexts_reserve_mib(sum(n for n, _ in choice) + 1) > memory_mib:
         return None
     return choice
 
