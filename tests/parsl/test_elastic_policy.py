@@ -7,6 +7,7 @@ Expected values are worked out by hand in the comments, never with the controlle
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import replace
 
@@ -39,7 +40,8 @@ def gpu(uuid: str = "GPU-0", node: str = "n0") -> DeviceView:
     return DeviceView(node, DeviceCapacity(uuid, H100_MIB), {"infer": INFER, "train": TRAIN})
 
 
-def infer(
+def views(
+    pool: str,
     n: int,
     state: str = "serving",
     tasks: int = 1,
@@ -47,24 +49,16 @@ def infer(
     device: str = "GPU-0",
     first: int = 0,
 ) -> list[SliceView]:
+    """``n`` slices of ``pool`` (``infer`` or ``train``) on one device of node n0."""
+    size = {"infer": INFER, "train": TRAIN}[pool]
     return [
-        SliceView(f"infer.{device}.{first + i}", "infer", "n0", device, INFER, state, tasks, idle)
+        SliceView(f"{pool}.{device}.{first + i}", pool, "n0", device, size, state, tasks, idle)
         for i in range(n)
     ]
 
 
-def train(
-    n: int,
-    state: str = "serving",
-    tasks: int = 1,
-    idle: float | None = None,
-    device: str = "GPU-0",
-    first: int = 0,
-) -> list[SliceView]:
-    return [
-        SliceView(f"train.{device}.{first + i}", "train", "n0", device, TRAIN, state, tasks, idle)
-        for i in range(n)
-    ]
+infer = functools.partial(views, "infer")
+train = functools.partial(views, "train")
 
 
 def load(name: str, waiting: int, backlog_s: float, running: int = 0, **more: float) -> PoolView:

@@ -15,6 +15,7 @@ from gpuslice.parsl.executor import SliceExecutor
 from gpuslice.plan.resolve import resolve
 from gpuslice.rightsize import route
 from gpuslice.rightsize.identity import function_id
+from gpuslice.rightsize.profile import Profile
 from gpuslice.rightsize.route import PoolFacts, auto_pool, choose_pool
 from gpuslice.rightsize.store import ProfileStore
 from tests.rightsize import funcs
@@ -72,6 +73,15 @@ def _dfk(plan: dict[str, object]) -> SimpleNamespace:
     return SimpleNamespace(executors=executors)
 
 
+def recommending(name: str, code_hash: str, per_gpu: int) -> Profile:
+    """A profile of ``name`` whose choice is ``per_gpu`` slices: 7 x 14% (18 SMs) or 12 x 8%
+    (10 SMs), beside the whole GPU (at half the throughput)."""
+    sizes = {7: (14, 18), 12: (8, 10)}
+    compute, sms = sizes[per_gpu]
+    points = [point(1, 100, 132, p50=10.0), point(per_gpu, compute, sms, p50=20.0)]
+    return profile_of(name, points, code_hash=code_hash, per_gpu=per_gpu)
+
+
 PLAN = {
     "version": 1,
     "pools": {
@@ -85,24 +95,10 @@ def test_auto_pool_reads_the_store_for_the_functions_current_code(tmp_path: Path
     store = ProfileStore(tmp_path / "p.sqlite")
     fid = function_id(funcs.quick)
     # recommended: 7 slices of 14% (18 SMs): the 50% pool (66 SMs) is the smallest that holds it
-    store.put(
-        profile_of(
-            fid.name,
-            [point(1, 100, 132, p50=10.0), point(7, 14, 18, p50=20.0)],
-            code_hash=fid.code_hash,
-            per_gpu=7,
-        )
-    )
+    store.put(recommending(fid.name, fid.code_hash, per_gpu=7))
     assert auto_pool(funcs.quick, _dfk(PLAN), store) == "half"
     # 12 slices of 8% (10 SMs): the 10% pool (12 SMs each) holds it
-    store.put(
-        profile_of(
-            fid.name,
-            [point(1, 100, 132, p50=10.0), point(12, 8, 10, p50=20.0)],
-            code_hash=fid.code_hash,
-            per_gpu=12,
-        )
-    )
+    store.put(recommending(fid.name, fid.code_hash, per_gpu=12))
     assert auto_pool(funcs.quick, _dfk(PLAN), store) == "tiny"
 
 
@@ -120,14 +116,7 @@ def test_a_profile_of_older_code_does_not_count(tmp_path: Path) -> None:
     route._WARNED.discard(function_id(funcs.hungry).name)
     store = ProfileStore(tmp_path / "old.sqlite")
     fid = function_id(funcs.hungry)
-    store.put(
-        profile_of(
-            fid.name,
-            [point(1, 100, 132, p50=10.0), point(12, 8, 10, p50=20.0)],
-            code_hash="0" * 16,
-            per_gpu=12,
-        )
-    )
+    store.put(recommending(fid.name, "0" * 16, per_gpu=12))
     with pytest.warns(UserWarning, match="no profile"):
         assert auto_pool(funcs.hungry, _dfk(PLAN), store) == "half"
 
@@ -141,14 +130,7 @@ def test_gpu_app_auto_runs_calls_in_the_recommended_pool(
 
     store = ProfileStore(tmp_path / "p.sqlite")
     fid = function_id(funcs.where)
-    store.put(
-        profile_of(
-            fid.name,
-            [point(1, 100, 132, p50=10.0), point(12, 8, 10, p50=20.0)],
-            code_hash=fid.code_hash,
-            per_gpu=12,
-        )
-    )
+    store.put(recommending(fid.name, fid.code_hash, per_gpu=12))
     monkeypatch.setenv("GPUSLICE_PROFILE_STORE", str(store.path))
     plan = "tiny=2x mps:10%/4GiB, half=1x mps:50%/20GiB"
     with emulated_environment() as root, loaded(plan, root, fleet=FLEET):

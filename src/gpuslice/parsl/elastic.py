@@ -748,17 +748,12 @@ class ElasticController:
                     tracked.state, tracked.since = "serving", time.monotonic()
                 tracked.uids.append(str(message["uid"]))
                 what = "restarted" if message.get("replaces") else "started"
-                self._record(
-                    "slice",
-                    event=what,
-                    slice=slice_id,
-                    pool=tracked.pool,
-                    node=link.node_id,
-                    device=tracked.device,
-                    uid=tracked.uid,
+                self._record_slice(
+                    tracked,
+                    what,
+                    f"node-run reports slice {slice_id} {what} as manager {tracked.uid}",
                     before=before,
                     after=self.counts(),
-                    reason=f"node-run reports slice {slice_id} {what} as manager {tracked.uid}",
                 )
             elif op in ("exited", "refused") and tracked is not None:
                 before = self.counts()
@@ -769,17 +764,8 @@ class ElasticController:
                     else f"every process of its worker pool has exited "
                     f"({message.get('reason') or 'stopped'}); its capacity is free"
                 )
-                self._record(
-                    "slice",
-                    event="gone" if op == "exited" else "refused",
-                    slice=slice_id,
-                    pool=tracked.pool,
-                    node=link.node_id,
-                    device=tracked.device,
-                    before=before,
-                    after=self.counts(),
-                    reason=reason,
-                )
+                event = "gone" if op == "exited" else "refused"
+                self._record_slice(tracked, event, reason, before=before, after=self.counts())
 
     def _on_closed(self, link: NodeLink) -> None:
         with self.lock:
@@ -879,17 +865,12 @@ class ElasticController:
                 continue
             latency = now - s.decided
             self._start_latencies.append(latency)
-            self._record(
-                "slice",
-                event="connected",
-                slice=s.id,
-                pool=s.pool,
-                node=s.node,
-                device=s.device,
-                uid=s.uid,
+            self._record_slice(
+                s,
+                "connected",
+                f"its manager connected to the interchange {latency:.1f}s after the start was "
+                "decided",
                 latency_s=round(latency, 3),
-                reason=f"its manager connected to the interchange {latency:.1f}s after the "
-                "start was decided",
             )
 
     def _slice_views(self, managers: Mapping[str, Mapping[str, Any]]) -> list[SliceView]:
@@ -957,20 +938,26 @@ class ElasticController:
                 continue
             tracked.state, tracked.since = "stopping", now
             node.link.send({"op": "stop", "slice": tracked.id})
-            self._record(
-                "slice",
-                event="stop",
-                slice=tracked.id,
-                pool=tracked.pool,
-                node=tracked.node,
-                device=tracked.device,
-                uid=uid,
-                reason=f"asked node-run to stop it: {why}",
-                before=self.counts(),
-                after=self.counts(),
+            counts = self.counts()
+            self._record_slice(
+                tracked, "stop", f"asked node-run to stop it: {why}", before=counts, after=counts
             )
 
     # -- the log ---------------------------------------------------------------------------
+
+    def _record_slice(self, tracked: _Tracked, event: str, reason: str, **extra: Any) -> None:
+        """Log one slice's event with where the slice is (pool, node, device, manager)."""
+        self._record(
+            "slice",
+            event=event,
+            slice=tracked.id,
+            pool=tracked.pool,
+            node=tracked.node,
+            device=tracked.device,
+            uid=tracked.uid,
+            reason=reason,
+            **extra,
+        )
 
     def _record(self, kind: str, **fields: Any) -> None:
         entry = {

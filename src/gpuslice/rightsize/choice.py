@@ -174,6 +174,24 @@ def _mig_option(
     return max(options, key=lambda r: r.tasks_per_s_per_gpu, default=None)
 
 
+def _measured(point: Point, cap: int | None, *, meets_bound: bool, reason: str) -> Recommendation:
+    """The MPS slice of a measured point, as a recommendation."""
+    return Recommendation(
+        kind="mps",
+        compute=point.compute,
+        memory_mib=cap,
+        per_gpu=point.per_gpu,
+        sms=point.sms,
+        mig_profile=None,
+        tasks_per_s_per_gpu=point.tasks_per_s_per_gpu,
+        p50_ms=point.p50_ms,
+        p95_ms=point.p95_ms,
+        meets_bound=meets_bound,
+        predicted=False,
+        reason=reason,
+    )
+
+
 def recommend(
     points: Sequence[Point],
     gpu: Gpu,
@@ -210,18 +228,10 @@ def recommend(
     bound_text = f"p95 <= {p95_bound_ms:g} ms" if p95_bound_ms is not None else "no latency bound"
     if chosen is None:
         fastest = min(usable, key=lambda p: p.p95_ms)
-        return Recommendation(
-            kind="mps",
-            compute=fastest.compute,
-            memory_mib=cap,
-            per_gpu=fastest.per_gpu,
-            sms=fastest.sms,
-            mig_profile=None,
-            tasks_per_s_per_gpu=fastest.tasks_per_s_per_gpu,
-            p50_ms=fastest.p50_ms,
-            p95_ms=fastest.p95_ms,
+        return _measured(
+            fastest,
+            cap,
             meets_bound=False,
-            predicted=False,
             reason=(
                 f"no measured size meets {bound_text}; the lowest p95 "
                 f"({fastest.p95_ms:.1f} ms) is {fastest.per_gpu} slice(s) of {fastest.compute}%"
@@ -241,20 +251,7 @@ def recommend(
         )
         + f", {bound_text}"
     )
-    mps = Recommendation(
-        kind="mps",
-        compute=point.compute,
-        memory_mib=cap,
-        per_gpu=point.per_gpu,
-        sms=point.sms,
-        mig_profile=None,
-        tasks_per_s_per_gpu=point.tasks_per_s_per_gpu,
-        p50_ms=point.p50_ms,
-        p95_ms=point.p95_ms,
-        meets_bound=True,
-        predicted=False,
-        reason=reason,
-    )
+    mps = _measured(point, cap, meets_bound=True, reason=reason)
     mig = _mig_option(usable, gpu, cap, p95_bound_ms)
     if mig is not None and mig.tasks_per_s_per_gpu >= mps.tasks_per_s_per_gpu * (1 + MIG_MARGIN):
         gain = mig.tasks_per_s_per_gpu / mps.tasks_per_s_per_gpu - 1
