@@ -32,7 +32,10 @@ def test_mps_limits_script_runs_its_phases_on_the_emulated_gpu(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
-    assert set(data["phases"]) == {"unlimited", "alone-30", "alone-70", "together", "memory"}
+    assert set(data["phases"]) == {
+        "unlimited", "alone-30", "alone-70", "together", "memory",
+        "pinned", "replies", "reserve", "server-limits", "control-death",
+    }  # fmt: skip
     assert data["checks"]["memory"]["over_cap_failed_with_oom"] is True
     assert data["checks"]["memory"]["other_client_finished"] is True
     # 30% of 132 SMs, in SM pairs: 38 SMs; the emulated rate follows the SMs seen.
@@ -41,3 +44,21 @@ def test_mps_limits_script_runs_its_phases_on_the_emulated_gpu(tmp_path: Path) -
     assert data["checks"]["alone-70"]["holds"] is True
     assert data["daemon_stop_clean"] is True
     assert "emulated" in data["device"]
+    # The probe holds 64 MiB blocks: 64 of them under 4096 MiB, 46 (2944 MiB) under 3000 MiB,
+    # since the emulated server enforces MiB.
+    assert data["checks"]["pinned-mib"]["held_mib_at_4096"] == 4096
+    assert data["checks"]["pinned-mib"]["held_mib_at_3000"] == 2944
+    assert data["checks"]["pinned-mib"]["enforced_as"] == "MiB"
+    # The emulator gives a client the lower of its own and its server's limits.
+    above = data["checks"]["client-above-server"]
+    assert (above["client_sms"], above["client_held_mib"]) == (38, 2048)
+    replies = {r["command"]: r for r in data["phases"]["replies"]["replies"]}
+    server = data["phases"]["replies"]["servers"][0]
+    client = data["phases"]["replies"]["client"]["pid"]
+    assert replies["get_server_list"]["stdout"] == f"{server}\n"
+    assert replies[f"get_client_list {server}"]["stdout"] == f"{client}\n"
+    assert replies["get_client_list 4242"]["stdout"] == "Server 4242 not found\n"
+    assert data["phases"]["reserve"] == {"skipped": "needs NVML's memory.used of a real GPU"}
+    death = data["checks"]["control-death"]
+    assert death["client_error"].startswith("CudaError: cudaErrorMpsConnectionFailed")
+    assert death["servers_alive_after"] == []

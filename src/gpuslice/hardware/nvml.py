@@ -258,3 +258,18 @@ def compute_processes(uuid: str) -> list[int]:
         handle = _handle_by_uuid(nvml, uuid)
         procs = _call(nvml, "nvmlDeviceGetComputeRunningProcesses", handle)
         return [int(p.pid) for p in procs]
+
+
+def memory_used_mib(uuid: str) -> int:
+    """Device memory in use on a device, all processes together (``memory.used``), in MiB.
+
+    Args:
+        uuid: ``GPU-…`` UUID.
+
+    Raises:
+        NvmlUnavailable: NVML cannot start or the device does not answer.
+    """
+    with _session() as nvml:
+        handle = _handle_by_uuid(nvml, uuid)
+        info = _call(nvml, "nvmlDeviceGetMemoryInfo", handle)
+        return int(info.used) // (1024 * 1024)
