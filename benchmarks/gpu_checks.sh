@@ -86,6 +86,8 @@ PYEOF
 conformance() {
     local real
     real=$(command -v nvidia-cuda-mps-control) || { echo "no nvidia-cuda-mps-control here"; return 1; }
+    # The emulated program answers as this driver's version (535 or 550 behaviour).
+    GPUSLICE_NVIDIA_MPS_VERSION=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1) \
     GPUSLICE_NVIDIA_MPS_CONTROL=$real GPUSLICE_REQUIRE_NVIDIA_MPS=1 CUDA_VISIBLE_DEVICES= \
         "$PY" -m pytest -p no:cacheprovider -q tests/conformance
 }

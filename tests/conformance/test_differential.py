@@ -1,7 +1,7 @@
-"""The emulated control program answers exactly as NVIDIA's 535 program does.
+"""The emulated control program answers exactly as NVIDIA's 535 and 550 programs do.
 
-Each script runs against NVIDIA's ``nvidia-cuda-mps-control`` (fetched from Debian, see
-conftest.py) and against ``gpuslice-emulated-mps-control``, in the same directories; what a user
+Each script runs against NVIDIA's ``nvidia-cuda-mps-control`` of each version (fetched from
+Debian, see conftest.py) and against ``gpuslice-emulated-mps-control``, in the same directories; what a user
 sees must be identical: every exit status, stdout and stderr, the pipe directory's files while
 the daemon runs and after it quits, and control.log (times and PIDs taken out). The scripts
 cover every command that needs no GPU, with the inputs of issue 10's table first.
@@ -10,6 +10,7 @@ cover every command that needs no GPU, with the inputs of issue 10's table first
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -219,6 +220,10 @@ SCRIPTS = [
     Script(
         "options it does not know run the front end",
         (Call(stdin="get_default_client_priority\n", args=("-x",)),),
+    ),
+    Script(
+        "SIGTERM ends the daemon at once, leaving its files",
+        (ui("set_default_active_thread_percentage 30"), Call(kill=signal.SIGTERM), ui("ps")),
     ),
 ]
 

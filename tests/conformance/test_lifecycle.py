@@ -22,6 +22,7 @@ from gpuslice.errors import MpsError
 from gpuslice.mps import control, daemon, paths
 from gpuslice.mps.control import CONTROL_ENV
 
+from .conftest import NvidiaMps
 from .transcript import _daemons as daemons_serving
 
 
@@ -77,14 +78,18 @@ def _start_by_hand(nvidia: str, dirs: Dirs, **extra: str) -> int:
     return pid
 
 
-def test_ensure_starts_nvidias_daemon_and_finds_its_pid_without_a_pid_file(gpu: Dirs) -> None:
+def test_ensure_starts_nvidias_daemon_and_finds_its_pid(gpu: Dirs, nvidia_mps: NvidiaMps) -> None:
     status = daemon.ensure(gpu.pipe, gpu.log, gpu.device)
 
     assert status.started
     assert status.running
     assert status.pid is not None
     assert daemons_serving(gpu.pipe) == [status.pid]
-    assert not Path(gpu.pipe, daemon.PID_FILE).exists()  # driver 535 writes none
+    nvidias = Path(gpu.pipe, daemon.PID_FILE)
+    if nvidia_mps.version.startswith("535."):
+        assert not nvidias.exists()  # driver 535 writes none
+    else:
+        assert nvidias.read_text() == str(status.pid)  # 550: its PID, no newline
     assert daemon.ensure(gpu.pipe, gpu.log, gpu.device).pid == status.pid
 
 

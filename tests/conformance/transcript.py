@@ -39,12 +39,15 @@ class Call:
         args: its arguments (``("-d",)`` starts a daemon).
         env: extra environment for this run.
         settle: a control.log text to wait for afterwards (servers that exit on their own).
+        kill: instead of running the program, send this signal to the daemon and wait (10 s
+            at most) until it is gone.
     """
 
     stdin: str = ""
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     settle: str | None = None
+    kill: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,15 @@ def run_script(program: list[str], script: Script, root: str) -> Transcript:
     transcript = Transcript()
 
     def call(one: Call) -> Result:
+        if one.kill is not None:
+            signalled = _daemons(str(pipe))
+            for pid in signalled:
+                os.kill(pid, one.kill)
+            deadline = time.monotonic() + 10
+            while _daemons(str(pipe)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            left = len(_daemons(str(pipe)))
+            return Result(0, f"signalled {len(signalled)}, {left} still running", "")
         done = subprocess.run(
             [*program, *one.args],
             input=one.stdin,

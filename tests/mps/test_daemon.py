@@ -56,6 +56,24 @@ def test_ensure_starts_a_daemon_that_answers(gpu_a: DeviceDirs) -> None:
     assert daemon.process_alive(status.pid)
 
 
+def test_a_daemon_emulating_driver_550_writes_nvidias_pid_file_and_removes_it_on_stop(
+    gpu_a: DeviceDirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Driver 550's daemon writes its PID, no newline, in nvidia-cuda-mps-control.pid
+    # (observed; tests/conformance holds the emulator to it); gpuslice passes the setting on.
+    monkeypatch.setenv("GPUSLICE_EMULATED_MPS_VERSION", "550.163.01")
+    status = daemon.ensure(gpu_a.pipe, gpu_a.log, gpu_a.device)
+    pid_file = Path(gpu_a.pipe, "nvidia-cuda-mps-control.pid")
+
+    assert status.pid is not None
+    assert pid_file.read_text() == str(status.pid)
+    assert oct(pid_file.stat().st_mode & 0o777) == "0o666"
+    report = daemon.stop(gpu_a.pipe)
+    assert report.quit_accepted
+    assert report.clean
+    assert not pid_file.exists()
+
+
 def test_ensure_twice_reuses_the_running_daemon(gpu_a: DeviceDirs) -> None:
     first = daemon.ensure(gpu_a.pipe, gpu_a.log, gpu_a.device)
     second = daemon.ensure(gpu_a.pipe, gpu_a.log, gpu_a.device)

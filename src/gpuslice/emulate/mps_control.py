@@ -15,6 +15,12 @@ needs no GPU. The observations, beyond NVIDIA's documentation
   makes a ``log`` FIFO, all in ``CUDA_MPS_PIPE_DIRECTORY``, which must already exist
   ("Cannot access CUDA_MPS_PIPE_DIRECTORY=…" otherwise). On exit it removes only ``log``.
   It writes no PID file (newer drivers write ``nvidia-cuda-mps-control.pid``; 535 does not).
+- Driver 550 (Debian 13's ``nvidia-cuda-mps`` 550.163.01, run side by side the same way)
+  differs in two things, which ``GPUSLICE_EMULATED_MPS_VERSION=550.163.01`` (any version from
+  550 on) turns on: the daemon writes ``nvidia-cuda-mps-control.pid`` in the pipe directory
+  (mode 0666, its PID in decimal with no newline; ``-f`` too), removes it on ``quit`` and
+  leaves it when killed; and "Starting new server N for user U" is logged by the new server's
+  process (the log line carries N's PID, not the daemon's). The default is 535's behaviour.
 - It logs to ``control.log`` in ``CUDA_MPS_LOG_DIRECTORY`` (``-f``: to stdout instead), in
   the format ``[2026-11-29 19:25:07.446 Control  9143] Cmd:get_server_list``, every command
   and every reply, and some messages only there ("Invalid percentage, expected between
@@ -73,15 +79,13 @@ import json
 import os
 import select
 import selectors
-import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from gpuslice.errors import MpsError
@@ -91,6 +95,22 @@ SOCKET_NAME = "control"
 PRIVILEGED_SOCKET_NAME = "control_privileged"
 LOCK_NAME = "control_lock"
 LOG_FIFO_NAME = "log"
+#: The NVIDIA driver version whose daemon this program answers as (see the module docstring).
+VERSION_ENV = "GPUSLICE_EMULATED_MPS_VERSION"
+DEFAULT_VERSION = "535.261.03"
+#: The PID file drivers from 550 on write in the pipe directory.
+PID_FILE_NAME = "nvidia-cuda-mps-control.pid"
+
+
+def _driver_major(environ: Mapping[str, str]) -> int:
+    """Major driver version to answer as: ``GPUSLICE_EMULATED_MPS_VERSION``, else 535."""
+    text = environ.get(VERSION_ENV) or DEFAULT_VERSION
+    head = text.split(".", 1)[0]
+    if not head.isdigit():
+        raise SystemExit(f"{VERSION_ENV}={text!r} is not a driver version such as 550.163.01")
+    return int(head)
+
+
 #: Client CUDA contexts per device under Volta-and-later MPS (NVIDIA MPS docs, man page).
 MAX_CLIENTS_PER_DEVICE = 48
 #: Device ordinals the daemon keeps pinned memory limits for (observed: 0-31 accepted, 32 not).
@@ -382,9 +402,9 @@ class _Log:
         self.path = path
         self.to_stdout = to_stdout
 
-    def write(self, message: str, role: str = "Control") -> None:
+    def write(self, message: str, role: str = "Control", pid: int | None = None) -> None:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        line = f"[{stamp} {role} {os.getpid():5d}] {message}\n"
+        line = f"[{stamp} {role} {pid or os.getpid():5d}] {message}\n"
         if self.to_stdout:
             with contextlib.suppress(OSError):
                 sys.stdout.write(line)
@@ -483,7 +503,9 @@ class _Daemon:
         )
         server = _Server(uid, proc, self.default_atp, dict(self.default_pinned))
         self.servers[proc.pid] = server
-        self.log.write(f"Starting new server {proc.pid} for user {_uid_text(uid)}")
+        # From 550 on, NVIDIA's forked server process writes this line itself.
+        writer = proc.pid if _driver_major(self.environ) >= 550 else None
+        self.log.write(f"Starting new server {proc.pid} for user {_uid_text(uid)}", pid=writer)
         return server
 
     def server_exited(self, server: _Server, code: int) -> None:
@@ -984,18 +1006,22 @@ def _start(pipe_dir: str, log_dir: str, *, foreground: bool) -> _Started | str:
 
 
 def _serve(started: _Started, pipe_dir: str) -> int:
-    """Answer connections until ``quit`` or SIGTERM; the daemon's exit status."""
+    """Answer connections until ``quit``; the daemon's exit status.
+
+    SIGTERM is left at its default action, as NVIDIA's daemon leaves it (535 and 550 catch only
+    SIGCHLD and ignore SIGPIPE; /proc/PID/status): it dies at once, and its ``log`` FIFO, and
+    from 550 its PID file, stay in the pipe directory. Its servers see their stdin close.
+    """
     daemon = _Daemon(pipe_dir, started.log, dict(os.environ))
+    pid_file = None
+    if _driver_major(daemon.environ) >= 550:
+        pid_file = os.path.join(pipe_dir, PID_FILE_NAME)
+        _write_pid_file(pid_file)
     started.log.write(f"Starting control daemon using socket {socket_path(pipe_dir)}")
     started.log.write(
         f"To connect CUDA applications to this daemon, set env CUDA_MPS_PIPE_DIRECTORY={pipe_dir}"
     )
     daemon.read_environment()
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        daemon.running = False
-
-    signal.signal(signal.SIGTERM, on_term)
     selector = selectors.DefaultSelector()
     for listener in started.listeners:
         selector.register(listener, selectors.EVENT_READ, None)
@@ -1026,8 +1052,7 @@ def _serve(started: _Started, pipe_dir: str) -> int:
                     ready.close()
                 if not daemon.running:
                     break
-        # Ended by SIGTERM rather than quit: take the servers down the same way.
-        status = daemon.quit("") if daemon.servers else int(daemon.failed)
+        status = int(daemon.failed)
     finally:
         selector.close()
         for listener in started.listeners:
@@ -1035,8 +1060,21 @@ def _serve(started: _Started, pipe_dir: str) -> int:
         if started.fifo is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(started.fifo)
+        if pid_file is not None:  # removed on quit; a killed daemon leaves it behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pid_file)
         os.close(started.lock_fd)
     return status
+
+
+def _write_pid_file(path: str) -> None:
+    """NVIDIA 550's PID file: the PID in decimal, no newline, mode 0666 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.fchmod(fd, 0o666)
+    finally:
+        os.close(fd)
 
 
 _READY = b"\0ready"

@@ -73,6 +73,7 @@ DAEMON_ENV_KEEP = (
     "LD_LIBRARY_PATH",
     "PYTHONPATH",
     "GPUSLICE_EMULATE_DIR",
+    "GPUSLICE_EMULATED_MPS_VERSION",
 )
 #: A daemon whose environment holds this passes it to the servers it starts.
 INHERITED_LIMIT = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
