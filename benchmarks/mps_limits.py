@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import subprocess
@@ -221,17 +222,32 @@ def spawn(
     )
 
 
-def collect(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=600)
+#: Longest a client may take (a CUDA call that hangs once its MPS side is gone must not hang
+#: the script: the client is killed and the phase says so).
+CLIENT_TIMEOUT_S = 120.0
+
+
+def collect(proc: subprocess.Popen[str], timeout: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"failed": True, "hung": f"killed after {timeout:g} s"}
     if proc.returncode != 0:
         return {"failed": True, "returncode": proc.returncode}
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
-def first_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
+def first_line(proc: subprocess.Popen[str], timeout: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
     """The first JSON line a ``hold`` or ``seconds`` client prints once its context is up."""
     assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"client {proc.pid} was not ready after {timeout:g} s (killed)")
     line = proc.stdout.readline()
     if not line:
         proc.wait(timeout=60)
@@ -245,11 +261,15 @@ def release(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.close()
+        proc.stdin = None  # closed: communicate() below only reads
     results = []
     for proc in procs:
-        out = proc.stdout.read() if proc.stdout is not None else ""
-        proc.wait(timeout=60)
-        lines = out.strip().splitlines()
+        try:
+            out, _ = proc.communicate(timeout=CLIENT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        lines = (out or "").strip().splitlines()
         results.append(json.loads(lines[-1]) if lines else {"returncode": proc.returncode})
     return results
 
@@ -416,7 +436,7 @@ def main() -> None:
         if victim is not None:
             os.kill(victim, signal.SIGKILL)
         killed_at = time.perf_counter()
-        outcome = collect(loop)
+        outcome = collect(loop, timeout=60.0)
         alive = [p for p in servers_before if daemon.process_alive(p)]
         for pid in alive:  # the orphaned servers: nobody else will stop them now
             os.kill(pid, signal.SIGTERM)
@@ -431,7 +451,32 @@ def main() -> None:
             "servers_needed_sigkill": list(left),
         }
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Any] = {}
+
+    def save(extra: dict[str, Any]) -> dict[str, Any]:
+        """Write what is known so far (a run cut short keeps the phases it finished)."""
+        result = {
+            "benchmark": "mps_limits",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": gpu.name
+            + (" (emulated: numbers restate the emulation model)" if emulated else ""),
+            "gpu_uuid": gpu.uuid,
+            "driver": inventory.driver_version,
+            "cuda": inventory.cuda_version,
+            "torch": None if emulated else metadata.version("torch"),
+            "gpuslice": metadata.version("gpuslice"),
+            "python": platform.python_version(),
+            "control_program": control.control_program(),
+            "daemon_started": status.started,
+            "iterations": iterations,
+            "phases": phases,
+            **extra,
+        }
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
     try:
         phases["unlimited"] = collect(spawn(unlimited, emulated, iterations=iterations))
         phases["alone-30"] = collect(spawn(slice_a, emulated, iterations=iterations))
@@ -444,40 +489,26 @@ def main() -> None:
         runner = spawn(slice_b, emulated, iterations=iterations)
         greedy = spawn(slice_a, emulated, allocate_mib=2 * cap_mib)
         phases["memory"] = {"over_cap_30": collect(greedy), "running_70": collect(runner)}
-        guarded(phases, "pinned", pinned)
-        guarded(phases, "replies", replies)
-        if emulated:
-            phases["reserve"] = {"skipped": "needs NVML's memory.used of a real GPU"}
-        else:
-            guarded(phases, "reserve", reserve)
-        guarded(phases, "server-limits", server_limits)
-        guarded(phases, "control-death", control_death)
+        save({"partial": True})
+        later: list[tuple[str, Callable[[], Any]]] = [
+            ("pinned", pinned),
+            ("replies", replies),
+            ("reserve", reserve),
+            ("server-limits", server_limits),
+            ("control-death", control_death),
+        ]
+        for name, run in later:
+            if name == "reserve" and emulated:
+                phases[name] = {"skipped": "needs NVML's memory.used of a real GPU"}
+            else:
+                guarded(phases, name, run)
+            save({"partial": True})
     finally:
         stopped = daemon.stop(pipe)
         shutil.rmtree(root, ignore_errors=True)
 
     checks = judge(phases, gpu.sm_count)
-    result = {
-        "benchmark": "mps_limits",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": gpu.name
-        + (" (emulated: numbers restate the emulation model)" if emulated else ""),
-        "gpu_uuid": gpu.uuid,
-        "driver": inventory.driver_version,
-        "cuda": inventory.cuda_version,
-        "torch": None if emulated else metadata.version("torch"),
-        "gpuslice": metadata.version("gpuslice"),
-        "python": platform.python_version(),
-        "control_program": control.control_program(),
-        "daemon_started": status.started,
-        "daemon_stop_clean": stopped.clean,
-        "iterations": iterations,
-        "phases": phases,
-        "checks": checks,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save({"daemon_stop_clean": stopped.clean, "checks": checks})
     for name, check in checks.items():
         verdict = check.get("holds")
         word = "holds" if verdict else ("DOES NOT HOLD" if verdict is False else "observed")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +46,7 @@ def test_mps_limits_script_runs_its_phases_on_the_emulated_gpu(tmp_path: Path) -
     assert data["checks"]["alone-70"]["holds"] is True
     assert data["daemon_stop_clean"] is True
     assert "emulated" in data["device"]
+    assert "partial" not in data  # the final write, with the checks
     # The probe holds 64 MiB blocks: 64 of them under 4096 MiB, 46 (2944 MiB) under 3000 MiB,
     # since the emulated server enforces MiB.
     assert data["checks"]["pinned-mib"]["held_mib_at_4096"] == 4096
@@ -62,3 +65,25 @@ def test_mps_limits_script_runs_its_phases_on_the_emulated_gpu(tmp_path: Path) -
     death = data["checks"]["control-death"]
     assert death["client_error"].startswith("CudaError: cudaErrorMpsConnectionFailed")
     assert death["servers_alive_after"] == []
+
+
+def _mps_limits_module() -> Any:
+    spec = importlib.util.spec_from_file_location("mps_limits", SCRIPTS / "mps_limits.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_client_that_hangs_is_killed_and_reported_not_waited_for() -> None:
+    # A CUDA call can hang once its MPS side is gone; the script must go on to its next phase.
+    mps_limits = _mps_limits_module()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    hung = subprocess.Popen(sleeper, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert mps_limits.collect(hung, timeout=0.5) == {"failed": True, "hung": "killed after 0.5 s"}
+    assert hung.returncode is not None
+    silent = subprocess.Popen(sleeper, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with pytest.raises(RuntimeError, match=r"not ready after 0\.5 s"):
+        mps_limits.first_line(silent, timeout=0.5)
+    assert silent.returncode is not None
