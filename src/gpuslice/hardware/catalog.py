@@ -218,17 +218,20 @@ _H100_NVL_94GB_PROFILES = (
     _p("7g.94gb", 7, 8, 94848, 1, (0,), 132),
 )
 
-# H200 141GB (132 SMs). Names/counts: [MIG-PROFILES] (1g.18gb ... 7g.141gb). 1g.18gb: 16.00
-# GiB and 16 SMs (as reported by users of "NVIDIA H200 MIG 1g.18gb"). The other usable sizes
-# are UNCONFIRMED estimates scaled from the H100 table; SMs assumed equal to H100 SXM5.
+# H200 141GB (132 SMs). Names/counts: [MIG-PROFILES]. Usable GiB and SMs from the `nvidia-smi
+# mig -lgip` output of an 8-GPU H200 node posted to NVIDIA's mig-parted
+# (https://github.com/NVIDIA/mig-parted/issues/120): 1g.18gb 16.00 GiB / 16 SMs (7),
+# 1g.18gb+me 16.00 / 16 (1), 1g.35gb 32.25 / 26 (4), 2g.35gb 32.25 / 32 (3), 3g.71gb 69.50 /
+# 60 (2), 4g.71gb 69.50 / 64 (1), 7g.141gb 139.75 / 132 (1). Placements as on H100 (same 7+8
+# slice geometry; no published -lgipp output was found).
 _H200_141GB_PROFILES = (
     _p("1g.18gb", 1, 1, 16384, 7, _ONE_SLICE_STARTS, 16),
     _p("1g.18gb+me", 1, 1, 16384, 1, _ONE_SLICE_STARTS, 16),
-    _p("1g.35gb", 1, 2, 33280, 4, (0, 2, 4, 6), 26),  # UNCONFIRMED MiB
-    _p("2g.35gb", 2, 2, 33280, 3, (0, 2, 4), 32),  # UNCONFIRMED MiB
-    _p("3g.71gb", 3, 4, 66560, 2, (0, 4), 60),  # UNCONFIRMED MiB
-    _p("4g.71gb", 4, 4, 66560, 1, (0,), 64),  # UNCONFIRMED MiB
-    _p("7g.141gb", 7, 8, 134400, 1, (0,), 132),  # UNCONFIRMED MiB
+    _p("1g.35gb", 1, 2, 33024, 4, (0, 2, 4, 6), 26),
+    _p("2g.35gb", 2, 2, 33024, 3, (0, 2, 4), 32),
+    _p("3g.71gb", 3, 4, 71168, 2, (0, 4), 60),
+    _p("4g.71gb", 4, 4, 71168, 1, (0,), 64),
+    _p("7g.141gb", 7, 8, 143104, 1, (0,), 132),
 )
 
 # A30 24GB (56 SMs): 4 compute and 4 memory slices. Names/counts: [MIG-PROFILES]
