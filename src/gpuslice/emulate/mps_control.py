@@ -466,6 +466,8 @@ class _Daemon:
         self.pipe_dir = pipe_dir
         self.log = log
         self.environ = environ
+        #: The driver whose daemon this one answers as (from its environment, read once).
+        self.driver_major = _driver_major(environ)
         self.running = True
         self.failed = False  # a server exited with an error: quit then exits 1
         self.default_atp = 100.0
@@ -504,7 +506,7 @@ class _Daemon:
         server = _Server(uid, proc, self.default_atp, dict(self.default_pinned))
         self.servers[proc.pid] = server
         # From 550 on, NVIDIA's forked server process writes this line itself.
-        writer = proc.pid if _driver_major(self.environ) >= 550 else None
+        writer = proc.pid if self.driver_major >= 550 else None
         self.log.write(f"Starting new server {proc.pid} for user {_uid_text(uid)}", pid=writer)
         return server
 
@@ -1014,7 +1016,7 @@ def _serve(started: _Started, pipe_dir: str) -> int:
     """
     daemon = _Daemon(pipe_dir, started.log, dict(os.environ))
     pid_file = None
-    if _driver_major(daemon.environ) >= 550:
+    if daemon.driver_major >= 550:
         pid_file = os.path.join(pipe_dir, PID_FILE_NAME)
         _write_pid_file(pid_file)
     started.log.write(f"Starting control daemon using socket {socket_path(pipe_dir)}")
