@@ -2,7 +2,7 @@
 
 A plan is checked once, when it is resolved (:mod:`gpuslice.plan.resolve`): per device, MPS
 compute percentages sum to at most 100, memory caps plus a reserve for every CUDA context (each
-worker and the MPS server, :func:`gpuslice.plan.resolve.contexts_reserve_mib`) to at most the
+worker and the MPS server, :func:`gpuslice.plan.resolve.mps_reserve_mib`) to at most the
 device's memory, and the clients to at most what one MPS server accepts. In elastic mode the
 slices on a device change while the workflow runs, so the same limits are checked again before
 every slice starts, by the controller when it decides and by ``gpuslice node-run`` before it
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gpuslice.hardware.catalog import MPS_MAX_CLIENTS
-from gpuslice.plan.resolve import contexts_reserve_mib
+from gpuslice.plan.resolve import mps_reserve_mib
 from gpuslice.sizes import format_mib
 
 __all__ = ["DeviceCapacity", "SliceSize", "overflow"]
@@ -62,7 +62,7 @@ def overflow(capacity: DeviceCapacity, sizes: Iterable[SliceSize]) -> str | None
     chosen = list(sizes)
     compute = sum(s.compute for s in chosen)
     memory = sum(s.memory_mib for s in chosen)
-    reserve = contexts_reserve_mib(len(chosen) + 1) if chosen else 0
+    reserve = mps_reserve_mib(len(chosen)) if chosen else 0
     problems = []
     if compute > capacity.compute:
         problems.append(f"compute would sum to {compute}% (at most {capacity.compute}%)")

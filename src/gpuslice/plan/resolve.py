@@ -51,6 +51,11 @@ def contexts_reserve_mib(contexts: int) -> int:
     return CUDA_CONTEXT_RESERVE_MIB * contexts
 
 
+def mps_reserve_mib(clients: int) -> int:
+    """Device memory to keep free for ``clients`` MPS clients and the MPS server they share."""
+    return contexts_reserve_mib(clients + 1)
+
+
 def slices_that_fit(device_memory_mib: int, cap_mib: int) -> int:
     """How many MPS slices with memory cap ``cap_mib`` one device holds (0 when none).
 
@@ -71,7 +76,7 @@ def equal_memory_cap_mib(device_memory_mib: int, slices: int) -> int:
     """
     if slices < 1:
         raise ValueError(f"slices must be at least 1, not {slices}")
-    free = device_memory_mib - contexts_reserve_mib(slices + 1)
+    free = device_memory_mib - mps_reserve_mib(slices)
     return max(1, free // slices)
 
 

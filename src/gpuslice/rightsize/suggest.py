@@ -39,7 +39,7 @@ from typing import Any
 from gpuslice.errors import UsageError
 from gpuslice.hardware.catalog import MODELS, MPS_MAX_CLIENTS
 from gpuslice.mps.limits import visible_sm_count
-from gpuslice.plan.resolve import contexts_reserve_mib, slices_that_fit
+from gpuslice.plan.resolve import mps_reserve_mib, slices_that_fit
 from gpuslice.rightsize.choice import memory_cap_mib
 from gpuslice.rightsize.measure import Point
 from gpuslice.rightsize.profile import Profile
@@ -236,8 +236,7 @@ def _pack(
     if sum(n * c for n, c in choice) > 100 or sum(n for n, _ in choice) > clients:
         return None
     caps = sum(n * (m.cap or 0) for (n, _), m in zip(choice, models, strict=True))
-    # The planner's rule: caps plus a context reserve per client and for the MPS server.
-    if caps + contexts_reserve_mib(sum(n for n, _ in choice) + 1) > memory_mib:
+    if caps + mps_reserve_mib(sum(n for n, _ in choice)) > memory_mib:  # the planner's rule
         return None
     return choice
 
