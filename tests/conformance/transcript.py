@@ -156,6 +156,16 @@ def _daemons(pipe: str) -> list[int]:
     return found
 
 
+def _wait_gone(pipe: str, pid: int | None = None, timeout: float = 10.0) -> list[int]:
+    """Wait until daemon ``pid`` (default: every daemon) of ``pipe`` is gone; those still there."""
+    deadline = time.monotonic() + timeout
+    left = _daemons(pipe)
+    while (pid in left if pid is not None else left) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = _daemons(pipe)
+    return left
+
+
 def run_script(program: list[str], script: Script, root: str) -> Transcript:
     """Run ``script`` with ``program`` in ``root`` (emptied first) and record what it showed."""
     base = Path(root)
@@ -179,11 +189,8 @@ def run_script(program: list[str], script: Script, root: str) -> Transcript:
             signalled = _daemons(str(pipe))
             for pid in signalled:
                 os.kill(pid, one.kill)
-            deadline = time.monotonic() + 10
-            while _daemons(str(pipe)) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            left = len(_daemons(str(pipe)))
-            return Result(0, f"signalled {len(signalled)}, {left} still running", "")
+            left = _wait_gone(str(pipe))
+            return Result(0, f"signalled {len(signalled)}, {len(left)} still running", "")
         done = subprocess.run(
             [*program, *one.args],
             input=one.stdin,
@@ -204,18 +211,14 @@ def run_script(program: list[str], script: Script, root: str) -> Transcript:
         transcript.results = [call(one) for one in script.calls]
         if any(line.split()[:1] == ["quit"] for c in script.calls for line in c.stdin.splitlines()):
             # The daemon is on its way out: let it finish rather than race it.
-            deadline = time.monotonic() + 10
-            while _daemons(str(pipe)) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_gone(str(pipe))
             transcript.pipe_running = ["<quit by the script>"]
         else:
             transcript.pipe_running = _listing(pipe)
     finally:
         for pid in _daemons(str(pipe)):
             subprocess.run(program, input="quit\n", text=True, env=env, timeout=60, check=False)
-            deadline = time.monotonic() + 10
-            while pid in _daemons(str(pipe)) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_gone(str(pipe), pid)
         for pid in _daemons(str(pipe)):  # one that would not quit must not outlive the test
             os.kill(pid, signal.SIGKILL)
     transcript.pipe_after = _listing(pipe)
