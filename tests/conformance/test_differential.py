@@ -20,6 +20,10 @@ from .transcript import Call, Script, Transcript, run_script
 
 UUID = "GPU-f1164376-cdca-5af5-8c30-751d35ce99e8"
 UID = os.getuid()
+#: PIDs no process can have (Linux's PID_MAX_LIMIT is 2**22): commands about an unknown PID
+#: never name a live process, or a PID the log normaliser has named (5678 was once the emulated
+#: daemon's own PID, with pid_max 32768).
+NO_PID, NO_PID_2 = 2**22 + 1, 2**22 + 2
 
 
 PERCENTAGES = ("37.5", "0.5", "33.333", "1e1", "50abc", "0x10", "30 40", "100.04", "nan", "inf")
@@ -71,9 +75,9 @@ SCRIPTS = [
             ui(f"get_default_device_pinned_mem_limit {UUID}"),
         ),
     ),
-    Script("client list of an unknown server", (ui("get_client_list 1234"),)),
+    Script("client list of an unknown server", (ui(f"get_client_list {NO_PID}"),)),
     Script("unknown command", (ui("x"), ui("GET_SERVER_LIST"), ui("help"))),
-    Script("ps without servers", (ui("ps"), ui("ps -p 1234"), ui("ps -x"))),
+    Script("ps without servers", (ui("ps"), ui(f"ps -p {NO_PID}"), ui("ps -x"))),
     Script(
         "client priority",
         (
@@ -167,20 +171,26 @@ SCRIPTS = [
         "server commands with unknown PIDs",
         (
             ui(
-                "shutdown_server 1234",
+                f"shutdown_server {NO_PID}",
                 "shutdown_server abc",
-                "shutdown_server 1234 -f",
+                f"shutdown_server {NO_PID} -f",
                 "shutdown_server",
             ),
-            ui("terminate_client 1234 5678", "terminate_client"),
-            ui("set_active_thread_percentage 1234 50", "get_active_thread_percentage 1234"),
-            ui("set_device_pinned_mem_limit 1234 0 1G", "get_device_pinned_mem_limit 1234 0"),
+            ui(f"terminate_client {NO_PID} {NO_PID_2}", "terminate_client"),
+            ui(
+                f"set_active_thread_percentage {NO_PID} 50",
+                f"get_active_thread_percentage {NO_PID}",
+            ),
+            ui(
+                f"set_device_pinned_mem_limit {NO_PID} 0 1G",
+                f"get_device_pinned_mem_limit {NO_PID} 0",
+            ),
             ui(
                 "get_device_client_list",
-                "get_device_client_list 1234",
+                f"get_device_client_list {NO_PID}",
                 "get_device_client_list abc",
             ),
-            ui("get_client_list", "get_client_list abc", "get_client_list 1234 5"),
+            ui("get_client_list", "get_client_list abc", f"get_client_list {NO_PID} 5"),
             ui("get_client_list -5", "get_client_list 4294967296", "get_client_list 99999999999"),
         ),
     ),
