@@ -134,3 +134,35 @@ def test_the_search_refines_next_to_the_best_and_stops_on_its_bounds() -> None:
     measured[14] = 14 / t(8)  # 40.0/s, as good as 12 slices
     assert next_count(measured, grid) is None
     assert choose_count(measured) == 12  # the larger slice of the two
+
+
+def test_with_a_latency_bound_the_smallest_slice_could_miss_the_middle_comes_second() -> None:
+    grid = candidate_sizes(H100_SMS, 16)  # 12 sizes; the middle one (index 6) is 7 x 14%
+    assert [s.per_gpu for s in grid][6] == 7
+    # 50 ms on 132 SMs; the smallest slice has 6 SMs, so at most 50 * 132 / 6 = 1100 ms:
+    # a 100 ms bound may cut the grid, a 2000 ms bound cannot.
+    assert next_count({1: 10.0}, grid, p95_ms={1: 50.0}, p95_bound_ms=100.0) == 7
+    assert next_count({1: 10.0}, grid, p95_ms={1: 50.0}, p95_bound_ms=2000.0) == 16
+    assert next_count({1: 10.0}, grid, p95_ms={1: 50.0}) == 16
+
+
+def test_a_middle_slice_over_the_bound_rules_out_every_smaller_slice() -> None:
+    grid = candidate_sizes(H100_SMS, 16)
+    # 7 x 18 SMs took 150 ms: 5 and 6 (smaller slices) are over the bound unmeasured. Of 2..4,
+    # p95 interpolated in 1/SMs between 50 ms (132 SMs) and 150 ms (18 SMs) puts 4 x 32 SMs
+    # at 99.4 ms, within it; with one feasible size every bound is n x 10/s, so 4 comes next.
+    nxt = next_count({1: 10.0, 7: None}, grid, p95_ms={1: 50.0, 7: 150.0}, p95_bound_ms=100.0)
+    assert nxt == 4
+
+
+def test_with_only_the_knee_open_the_size_expected_best_is_measured() -> None:
+    grid = candidate_sizes(H100_SMS, 16)
+    # A call takes max(1/12, 3 / s) seconds on s SMs: 12/s on the whole GPU; 16 x 6 SMs give
+    # 16 * 6 / 3 = 32/s, 7 x 18 SMs 42/s. The fit through 6 and 18 SMs is exactly 3 / s,
+    # flat at 1/12 s; the bounds (at most linear from 6 SMs) give the same: 4 x 32 SMs
+    # 42.67/s, 5 x 26 SMs 43.33/s. Neither beats 42 by 5% (44.1); both are larger slices than
+    # the choice within 3% of it (40.74). 5 x 20% is expected best: measured, it either
+    # becomes the best (and 4 x 25% is judged against a measurement) or settles the knee.
+    measured = {1: 12.0, 16: 32.0, 7: 42.0}
+    assert choose_count(measured) == 7
+    assert next_count(measured, grid) == 5

@@ -39,6 +39,16 @@ sizes whose p95, interpolated linearly in ``1 / sms`` between measured sizes, is
 bound. Latency grows as slices shrink, so a size over the latency bound makes every smaller
 slice infeasible too, and they are not measured.
 
+**Order** (what to measure first; it never decides when to stop). The whole GPU, then the
+smallest slice, whose filled throughput bounds the small-slice end. With a latency bound that
+the smallest slice could miss (the whole GPU's p95 times the SMs it loses, the most an at most
+linear slowdown allows, is over the bound), the middle of the grid comes second instead: one
+probe there either rules out every smaller slice at once (over the bound) or leaves the
+smallest slice next, as without a bound; a bisection for where the bound is crossed. Once no
+unmeasured size could beat the choice by the noise margin and only the knee is open (larger
+slices predicted as good), the one predicted best is measured: if it is the new best, the
+tolerance window moves up with it and the others it leaves need no measurement.
+
 Measuring costs most where the slices are many (each is a Parsl worker to start), so the
 bounds, not the fit, decide that the small-slice end need not be measured again.
 
@@ -231,11 +241,12 @@ def next_count(
 
     Returns:
         The whole GPU first (the reference, and the function's memory), then the smallest
-        slice, then, among sizes that could still change the choice, the largest slice the
-        fitted curve predicts within the knee tolerance of the best prediction, skipping sizes
-        whose p95, interpolated linearly in ``1 / sms`` between
-        measured sizes, is over the bound (if all are, the largest of them); None when no
-        unmeasured size could change :func:`choose_count`'s answer.
+        slice (the middle of the grid first where the latency bound may cut the grid), then,
+        among sizes that could still change the choice, the largest slice the fitted curve
+        predicts within the knee tolerance of the best prediction (only the knee open: the
+        size predicted best), skipping sizes whose p95, interpolated linearly in ``1 / sms``
+        between measured sizes, is over the bound (if all are, the largest of them); None
+        when no unmeasured size could change :func:`choose_count`'s answer.
     """
     grid = sorted(candidates)
     if not grid:
@@ -248,6 +259,8 @@ def next_count(
     feasible = {n: t for n, t in throughput.items() if t is not None}
     if not open_ or not feasible:
         return None  # all measured, or even the whole GPU is infeasible
+    if len(throughput) == 1 and _bound_may_cut(grid, p95_ms, p95_bound_ms):
+        return grid[len(grid) // 2].per_gpu  # bisect for where the latency bound is crossed
     if not infeasible and grid[-1].per_gpu not in throughput:
         return grid[-1].per_gpu  # the other end of the range
     by_count = {g.per_gpu: g for g in grid}
@@ -260,7 +273,7 @@ def next_count(
     speed = sorted((1.0 / by_count[n].sms, n / t) for n, t in measured.items() if t > 0)
     measured_speed = [(by_count[n].sms, n / t) for n, t in measured.items() if t > 0]
     latency = sorted((1.0 / by_count[n].sms, p) for n, p in (p95_ms or {}).items() if n in by_count)
-    promising: list[tuple[float, float, int]] = []
+    promising: list[tuple[float, float, int, bool]] = []  # predicted, bound, n, could beat
     for size in open_:
         bound = size.per_gpu * rate_bound(size.sms, rates)
         predicted = size.per_gpu / fitted_seconds(size.sms, measured_speed) if speed else bound
@@ -269,19 +282,38 @@ def next_count(
             size.per_gpu < choice and min(bound, predicted) >= (1.0 - tolerance) * best
         )
         if beats or larger_and_as_good:
-            promising.append((predicted, bound, size.per_gpu))
+            promising.append((predicted, bound, size.per_gpu, beats))
     if not promising:
         return None
     within = [
-        (predicted, bound, -n)
-        for predicted, bound, n in promising
+        (predicted, bound, n, beats)
+        for predicted, bound, n, beats in promising
         if p95_bound_ms is None
         or not latency
         or _interpolate(1.0 / by_count[n].sms, latency) <= p95_bound_ms
     ]
-    if within:
-        # The knee again: among sizes predicted within the tolerance of the best prediction,
-        # the largest slice (on a plateau it settles the choice with the fewest workers).
-        top = max(predicted for predicted, _, _ in within)
-        return min(-n for predicted, _, n in within if predicted >= (1.0 - tolerance) * top)
-    return min(n for _, _, n in promising)  # the largest slice left: closest to the bound
+    if not within:
+        return min(n for _, _, n, _ in promising)  # the largest slice left: closest to the bound
+    if not any(beats for _, _, _, beats in within):
+        # Only the knee is open: the larger slice expected best, its prediction capped by its
+        # bound (ties: the larger slice).
+        return max(within, key=lambda c: (min(c[0], c[1]), -c[2]))[2]
+    # The knee again: among sizes predicted within the tolerance of the best prediction, the
+    # largest slice (on a plateau it settles the choice with the fewest workers).
+    top = max(predicted for predicted, _, _, _ in within)
+    return min(n for predicted, _, n, _ in within if predicted >= (1.0 - tolerance) * top)
+
+
+def _bound_may_cut(
+    grid: Sequence[Size], p95_ms: Mapping[int, float] | None, p95_bound_ms: float | None
+) -> bool:
+    """Whether the latency bound could rule out the grid's smallest slice, seen from the whole GPU.
+
+    Latency grows at most linearly as SMs shrink (the second assumption read for time), so the
+    smallest slice's p95 is at most the whole GPU's times the SM ratio; only if that is over
+    the bound can a middle probe rule anything out.
+    """
+    whole, smallest = grid[0], grid[-1]
+    if p95_bound_ms is None or p95_ms is None or whole.per_gpu not in p95_ms or len(grid) < 3:
+        return False
+    return p95_ms[whole.per_gpu] * whole.sms / smallest.sms > p95_bound_ms
