@@ -130,7 +130,7 @@ def wait_for_workers(dfk: object, layout: Layout, timeout: float = 240.0) -> Non
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"worker pools connected after {timeout:g}s: {connected}")
-        time.sleep(0.5)
+        time.sleep(0.1)  # a round trip to each interchange: cheap, and tests start sooner
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def test_profile_measures_through_parsl_then_reads_the_store(
 ) -> None:
     store = tmp_path / "profiles.sqlite"
     plot = tmp_path / "quick.png"
-    args = ["profile", "tests.rightsize.funcs:quick", "--fleet", FLEET, "--max-per-gpu", "3",
+    args = ["profile", "tests.rightsize.funcs:quick", "--fleet", FLEET, "--max-per-gpu", "2",
             "--store", str(store), "--plot", str(plot), "--json"]  # fmt: skip
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output

@@ -45,6 +45,7 @@ from typing import Any
 
 from gpuslice.bench.arrangements import Arrangement
 from gpuslice.bench.harness import ArrangementResult, TaskSpec, _p95, _union_busy, write_json
+from gpuslice.bench.phased_worker import check_in, phased_task
 from gpuslice.bench.sampler import SliceSampler, interval_violations
 from gpuslice.bench.workloads import WORKLOADS
 from gpuslice.errors import UsageError
@@ -283,44 +284,6 @@ def rank_fixed(workflow: Sequence[Phase], memory_mib: int = 81559) -> list[tuple
             cost = estimate_fixed(None, (n, 100 // n), workflow)
             ranked.append((cost, f"one pool {n}x{100 // n}%"))
     return sorted(ranked)
-
-
-# -- what runs in the workers ----------------------------------------------------------------
-
-
-def phased_task(workload: str, params: dict[str, Any], emulated: bool) -> dict[str, Any]:
-    """One task, and the slice it ran in as its own worker sees it (for the capacity check)."""
-    from gpuslice.bench.sampler import limits_of
-    from gpuslice.bench.task import run_task
-    from gpuslice.parsl.elastic_node import SLICE_ENV
-
-    out = run_task(workload, params, emulated)
-    size = limits_of(os.environ)
-    # An elastic slice's id; in a fixed plan's worker pool, each worker is one slice.
-    out["slice"] = os.environ.get(SLICE_ENV) or f"{out['pool']}.worker-{os.getpid()}"
-    out["compute"] = size.compute if size else None
-    out["memory_mib"] = size.memory_mib if size else None
-    out["pid"] = os.getpid()
-    return out
-
-
-def check_in(barrier: str, expected: int, timeout_s: float) -> dict[str, Any]:
-    """Warm-up: check in at a barrier and wait until ``expected`` workers have.
-
-    Each worker takes exactly one check-in, since it blocks until all have arrived; the
-    result names the worker, so the harness can see every one was reached.
-
-    Raises:
-        TimeoutError: not every worker arrived within ``timeout_s``.
-    """
-    here = Path(barrier)
-    (here / str(os.getpid())).touch()
-    deadline = time.monotonic() + timeout_s
-    while sum(1 for _ in here.iterdir()) < expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {sum(1 for _ in here.iterdir())} of {expected} workers")
-        time.sleep(0.05)
-    return {"pid": os.getpid(), "pool": os.environ.get("GPUSLICE_POOL")}
 
 
 # -- the run -----------------------------------------------------------------------------------

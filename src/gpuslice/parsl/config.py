@@ -40,7 +40,7 @@ from gpuslice.hardware.inventory import discover
 from gpuslice.parsl.elastic import ElasticController, ElasticPolicy
 from gpuslice.parsl.executor import SliceExecutor, worker_pool_command
 from gpuslice.parsl.group import NodeGroup
-from gpuslice.parsl.node import NodeSpec
+from gpuslice.parsl.node import NodeSpec, register_emulated_devices
 from gpuslice.plan.layout import Layout, PoolLayout, layout_problems
 from gpuslice.plan.load import load_plan
 from gpuslice.plan.resolve import resolve
@@ -249,23 +249,6 @@ def pool_executor(
     )
     group.executors[pool.name] = executor
     return executor
-
-
-def register_emulated_devices(layout: Layout) -> None:
-    """Tell the emulated GPU the SMs and memory of every device the layout's slices use."""
-    from gpuslice.emulate.kernel import register_devices
-    from gpuslice.emulate.model import EmulatedDevice
-
-    devices: dict[str, EmulatedDevice] = {}
-    for s in layout.slices:
-        if s.device not in devices and s.sm_count > 0 and s.memory_total_mib > 0:
-            devices[s.device] = EmulatedDevice(
-                uuid=s.device,
-                sm_count=s.sm_count,
-                memory_mib=s.memory_total_mib,
-                name=f"emulated {'MIG instance' if s.kind == 'mig' else 'GPU'} {s.gpu_index}",
-            )
-    register_devices(devices)
 
 
 #: Seconds between Parsl's strategy runs (``Config.strategy_period``). Parsl launches the initial

@@ -51,6 +51,7 @@ from gpuslice.parsl.node import (
     NodeError,
     NodeSpec,
     _say,
+    register_emulated_devices,
 )
 from gpuslice.plan.layout import Layout, Slice
 
@@ -232,8 +233,6 @@ class ElasticNodeAgent(NodeAgent):
         self._take_node_lock()
         try:
             if self.spec.emulated:
-                from gpuslice.parsl.config import register_emulated_devices
-
                 register_emulated_devices(layout)
             self._templates(layout)
             initial = self._initial(layout)

@@ -72,6 +72,7 @@ __all__ = [
     "NodeSpec",
     "decode_spec",
     "encode_spec",
+    "register_emulated_devices",
 ]
 
 #: Consecutive failed restarts after which a device's daemon is given up on.
@@ -161,6 +162,28 @@ def decode_spec(text: str) -> NodeSpec:
         )
     except (binascii.Error, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"--spec is not a node spec written by gpuslice: {err}") from err
+
+
+def register_emulated_devices(layout: Layout) -> None:
+    """Tell the emulated GPU the SMs and memory of every device the layout's slices use.
+
+    It lives here, on the node side, rather than in :mod:`gpuslice.parsl.config` (which
+    re-exports it): that module imports Parsl, about 1.3 s of start-up that ``gpuslice
+    node-run`` would otherwise spend, on every emulated node, before it starts any worker.
+    """
+    from gpuslice.emulate.kernel import register_devices
+    from gpuslice.emulate.model import EmulatedDevice
+
+    devices: dict[str, EmulatedDevice] = {}
+    for s in layout.slices:
+        if s.device not in devices and s.sm_count > 0 and s.memory_total_mib > 0:
+            devices[s.device] = EmulatedDevice(
+                uuid=s.device,
+                sm_count=s.sm_count,
+                memory_mib=s.memory_total_mib,
+                name=f"emulated {'MIG instance' if s.kind == 'mig' else 'GPU'} {s.gpu_index}",
+            )
+    register_devices(devices)
 
 
 def _say(message: str) -> None:
@@ -407,8 +430,6 @@ class NodeAgent:
         layout = self.layout()
         self._take_node_lock()
         if self.spec.emulated:
-            from gpuslice.parsl.config import register_emulated_devices
-
             register_emulated_devices(layout)
         try:
             self._start_daemons(layout)
