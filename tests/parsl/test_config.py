@@ -98,6 +98,17 @@ def test_the_default_provider_keeps_one_local_block() -> None:
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 1, 1)
 
 
+def test_local_workers_reach_the_interchange_over_loopback_without_probing() -> None:
+    local = parsl_config(PLAN, fleet=FLEET_2XH100)
+    assert [e.address for e in local.executors] == ["127.0.0.1"] * 3
+    assert [e.all_addresses for e in local.executors] == [{"127.0.0.1"}] * 3
+    # A user's address wins; a batch provider's workers are on other nodes: Parsl probes.
+    chosen = parsl_config(PLAN, fleet=FLEET_2XH100, address="10.1.2.3")
+    assert [e.address for e in chosen.executors] == ["10.1.2.3"] * 3
+    slurm = parsl_config(PLAN, fleet=FLEET_2XH100, provider=SlurmProvider(partition="gpu"))
+    assert [e.address for e in slurm.executors] == [None] * 3
+
+
 def test_a_local_provider_with_several_blocks_is_refused() -> None:
     with pytest.raises(UsageError, match="max_blocks=1"):
         parsl_config(PLAN, fleet=FLEET_2XH100, provider=LocalProvider(max_blocks=2))

@@ -232,6 +232,13 @@ def pool_executor(
             f"{'it' if len(clash) == 1 else 'them'} from the executor options"
         )
     options: dict[str, Any] = {"cores_per_worker": _CORES_PER_WORKER}
+    if isinstance(group.provider, LocalProvider):
+        # Workers on this host reach the interchange over loopback (Parsl's own local configs
+        # set it). Without an address HTEX probes every way to name this host, one of them
+        # an HTTPS query to api.ipify.org with a 30 s timeout (parsl/addresses.py,
+        # address_by_query; Parsl PR #1715 added that timeout for firewalled networks), once
+        # per executor: on a firewalled cluster node, every profiled size would wait on it.
+        options["address"] = "127.0.0.1"
     interchange = Path(sys.executable).parent / "interchange.py"
     if interchange.is_file():
         # Parsl starts ``interchange.py`` from PATH, which lacks a virtualenv never activated.
