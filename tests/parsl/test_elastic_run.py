@@ -192,12 +192,17 @@ def test_a_worker_killed_while_its_slice_is_retired_loses_no_task(run: Run) -> N
 
 
 def test_an_mps_daemon_killed_during_a_resize_loses_no_task(run: Run) -> None:
+    # b takes the GPU first (two busy 50% slices), so a's burst moves capacity whatever split
+    # the earlier tests left: bursts sent together to pools already at their fair split (the
+    # plan's, after an idle spell) move nothing, and the resize this test needs never came.
     (d,) = run.layout.daemons
     with SliceSampler(
         period_s=0.2, devices=frozenset(run.capacity), group=run.controller.group
     ) as sampler:
+        b_futures = [run.b(3000) for _ in range(6)]
+        wait_for(lambda: sum(1 for s in run.controller.snapshot() if s["pool"] == "b") == 2)
+        time.sleep(2.5)  # b's growth is out of its cooldown, its slices are busy
         a_futures = [run.a(1000) for _ in range(20)]
-        b_futures = [run.b(1500) for _ in range(6)]
         wait_for(
             lambda: (
                 any(s["state"] in ("retiring", "starting") for s in run.controller.snapshot())
