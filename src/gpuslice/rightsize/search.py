@@ -46,8 +46,9 @@ linear slowdown allows, is over the bound), the middle of the grid comes second 
 probe there either rules out every smaller slice at once (over the bound) or leaves the
 smallest slice next, as without a bound; a bisection for where the bound is crossed. Once no
 unmeasured size could beat the choice by the noise margin and only the knee is open (larger
-slices predicted as good), the one predicted best is measured: if it is the new best, the
-tolerance window moves up with it and the others it leaves need no measurement.
+slices predicted as good), the one expected best (its prediction capped by its bound) is
+measured: if it is the new best, the tolerance window moves up with it and the others it
+leaves need no measurement.
 
 Measuring costs most where the slices are many (each is a Parsl worker to start), so the
 bounds, not the fit, decide that the small-slice end need not be measured again.
