@@ -46,6 +46,7 @@ def test_the_engine_starts_its_workers_through_node_run_for_the_pool() -> None:
     # need quoting, and only Parsl's own placeholders may hold braces.
     assert " ".join(shlex.split(engine["launch_cmd"])) == engine["launch_cmd"]
     assert "{{block_id}}" in engine["launch_cmd"]
+    assert engine["address"] == "127.0.0.1"  # local workers: no address probe
     assert engine["provider"] == {
         "type": "LocalProvider",
         "init_blocks": 1,

@@ -47,6 +47,7 @@ from gpuslice.plan.resolve import resolve
 from gpuslice.plan.schema import Plan
 
 __all__ = [
+    "LOCAL_ADDRESS",
     "STRATEGY_PERIOD_S",
     "gpuslice_command",
     "layout_of",
@@ -208,6 +209,15 @@ def _check_provider(provider: ExecutionProvider) -> None:
         )
 
 
+#: Where workers started by a LocalProvider (on this host) reach the interchange: loopback, as
+#: Parsl's own local configs set it. Without an address HTEX probes every way to name this
+#: host, one of them an HTTPS query to api.ipify.org with a 30 s timeout (parsl/addresses.py,
+#: ``address_by_query``; Parsl PR #1715 added that timeout for firewalled networks), once per
+#: executor: on a firewalled cluster node every pool, and every profiled size, would wait on it.
+#: Batch providers' workers run on other nodes, so they keep Parsl's probe.
+LOCAL_ADDRESS = "127.0.0.1"
+
+
 def _default_provider() -> ExecutionProvider:
     # min_blocks=1: the strategy must not scale an idle configuration's only block away.
     return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)  # type: ignore[no-untyped-call]
@@ -233,12 +243,7 @@ def pool_executor(
         )
     options: dict[str, Any] = {"cores_per_worker": _CORES_PER_WORKER}
     if isinstance(group.provider, LocalProvider):
-        # Workers on this host reach the interchange over loopback (Parsl's own local configs
-        # set it). Without an address HTEX probes every way to name this host, one of them
-        # an HTTPS query to api.ipify.org with a 30 s timeout (parsl/addresses.py,
-        # address_by_query; Parsl PR #1715 added that timeout for firewalled networks), once
-        # per executor: on a firewalled cluster node, every profiled size would wait on it.
-        options["address"] = "127.0.0.1"
+        options["address"] = LOCAL_ADDRESS
     interchange = Path(sys.executable).parent / "interchange.py"
     if interchange.is_file():
         # Parsl starts ``interchange.py`` from PATH, which lacks a virtualenv never activated.

@@ -29,6 +29,7 @@ import yaml
 
 from gpuslice.errors import UsageError
 from gpuslice.parsl.config import (
+    LOCAL_ADDRESS,
     SLOT_PREFIX,
     gpuslice_command,
     layout_of,
@@ -111,6 +112,7 @@ def _config(
             "max_workers_per_node": len(the_pool.slices),
             "available_accelerators": [f"{SLOT_PREFIX}{s.rank}" for s in the_pool.slices],
             "launch_cmd": launch,
+            "address": LOCAL_ADDRESS,  # its LocalProvider's workers are on this host
             "provider": provider,
         },
     }
